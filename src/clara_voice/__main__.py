@@ -1,0 +1,41 @@
+"""``python -m clara_voice {start,dev,console,connect,download-files}``.
+
+Settings are read and validated first: a bad value prints one line per variable and exits
+2 before anything registers with LiveKit. Then livekit's CLI runs over a ClaraWorker.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from .config import SettingsError, load_settings
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"clara_voice: {problem}", file=sys.stderr)
+        return 2
+
+    from livekit.agents import cli
+
+    from .worker import ClaraWorker
+
+    worker = ClaraWorker(settings)
+    # livekit calls its Python CLI deprecated in favour of the `lk` tool; we keep it because
+    # it is what gives `python -m clara_voice start|dev|...` without an extra binary
+    warnings.filterwarnings("ignore", "the built-in Python CLI is deprecated")
+    try:
+        cli.run_app(worker)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    else:
+        code = 0
+    return 1 if worker.gave_up else code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

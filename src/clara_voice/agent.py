@@ -1,0 +1,255 @@
+"""ClaraVoiceAgent: the supervisor of one room job (seed 000).
+
+One agent per room job. It keeps a :class:`~clara_voice.sessions.ParticipantSession` per
+human participant, keyed by session id, asks its pipeline factory for each participant's
+voice pipeline, and closes everything it started. Room events arrive through synchronous
+handlers (livekit's EventEmitter refuses coroutines) that hand the work to owned tasks.
+
+Ownership: ``JobContext`` → ClaraVoiceAgent (``ctx.add_shutdown_callback(agent.aclose)``)
+→ ParticipantSessions → each one's pipeline and start task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from livekit import rtc
+from livekit.agents.utils import aio
+
+from .config import Settings
+from .logging import get_logger
+from .persistence import Backend
+from .pipeline import PipelineFactory
+from .sessions import ConnectionState, ParticipantSession, check_transition, new_session_id
+
+CONNECT_FAILED_MESSAGE = (
+    "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."
+)
+
+# participants that are people (a browser or app, a phone call, a messaging connector);
+# agents, egress recorders, ingress streams and bridges get no session
+HUMAN_KINDS = frozenset(
+    {
+        rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+        rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
+        rtc.ParticipantKind.PARTICIPANT_KIND_CONNECTOR,
+    }
+)
+
+
+def disconnect_reason_name(participant: rtc.Participant) -> str:
+    """``client_initiated``, ``signal_close``… (``unknown_reason`` when there is none)."""
+    reason = participant.disconnect_reason or rtc.DisconnectReason.UNKNOWN_REASON
+    return rtc.DisconnectReason.Name(reason).lower()
+
+
+class ClaraVoiceAgent:
+    """Keeps one ParticipantSession per participant of a room and everything it owns."""
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        settings: Settings,
+        *,
+        pipeline: PipelineFactory,
+        backend: Backend | None = None,
+        log_context: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.sessions: dict[str, ParticipantSession] = {}
+        self.error_count = 0
+        self.state_transitions: Counter[str] = Counter()
+        self._room = room
+        self._settings = settings
+        self._pipeline = pipeline
+        self._backend = backend
+        self._log = get_logger("clara_voice.agent", **(log_context or {}))
+        self._session_by_identity: dict[str, str] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._closed = False
+
+    @property
+    def room(self) -> rtc.Room:
+        return self._room
+
+    async def start(self) -> None:
+        """Follow the room's participants; those already in the room get sessions now."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        self._room.on("participant_connected", self._on_participant_connected)
+        self._room.on("participant_disconnected", self._on_participant_disconnected)
+        for participant in list(self._room.remote_participants.values()):
+            self._on_participant_connected(participant)
+        self._log.info("agent started", extra={"participants": len(self._room.remote_participants)})
+
+    async def aclose(self) -> None:
+        """Stop following the room and close every session; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            self._room.off("participant_connected", self._on_participant_connected)
+            self._room.off("participant_disconnected", self._on_participant_disconnected)
+        failures: list[BaseException] = []
+        for session_id in list(self.sessions):
+            try:
+                await self.cleanup_session(session_id, reason="agent closed")
+            except Exception as exc:
+                failures.append(exc)
+        await aio.cancel_and_wait(*self._tasks)
+        if self._backend is not None:
+            try:
+                await self._backend.aclose()
+            except Exception as exc:
+                failures.append(exc)
+        for failure in failures:
+            self.error_count += 1
+            self._log.error("error while closing the agent", exc_info=failure)
+        self._log.info("agent closed", extra={"errors": self.error_count})
+
+    # -- seed 000 -----------------------------------------------------------------------
+
+    async def on_participant_joined(
+        self, participant: rtc.RemoteParticipant
+    ) -> ParticipantSession | None:
+        """Create, store and start a session for ``participant``; ``None`` if it gets none."""
+        identity = participant.identity
+        if participant.kind not in HUMAN_KINDS:
+            self._log.debug(
+                "participant ignored", extra={"participant": identity, "kind": participant.kind}
+            )
+            return None
+        if self._closed:
+            return None
+        if (previous := self._session_by_identity.get(identity)) is not None:
+            # the same identity joined again before its old session ended (e.g. a second
+            # device replacing the first): one session per identity, the newest wins
+            await self.cleanup_session(previous, reason="identity rejoined")
+
+        session_id = new_session_id(identity)
+        log = self._log.bind(participant=identity, session_id=session_id)
+        session = ParticipantSession(
+            session_id=session_id,
+            participant_id=identity,
+            participant_sid=participant.sid,
+            log=log,
+        )
+        self.sessions[session_id] = session
+        self._session_by_identity[identity] = session_id
+        log.info("participant joined")
+
+        session.start_task = asyncio.create_task(
+            self._pipeline.start(room=self._room, participant=participant, session=session),
+            name=f"clara.pipeline_start.{session_id}",
+        )
+        try:
+            session.pipeline = await session.start_task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # we are being cancelled ourselves: forget the session before unwinding
+                self._detach(session_id)
+                raise
+            return None  # cleanup_session cancelled the start: the participant left
+        except Exception as exc:
+            self.error_count += 1
+            log.error(
+                f"Failed to initialize session for participant {identity}. Error: {exc}",
+                exc_info=exc,
+            )
+            self.transition(session, "error", reason="initialization failed")
+            await self.cleanup_session(session_id, reason="initialization failed")
+            return None
+        finally:
+            session.start_task = None
+
+        if session.connection_state == "closed":
+            # cleaned up while the pipeline's start was finishing: the pipeline is ours to close
+            await session.pipeline.aclose()
+            return None
+        self.transition(session, "connected", reason="pipeline started")
+        log.info("session initialized")
+        return session
+
+    async def on_participant_left(self, participant: rtc.RemoteParticipant) -> None:
+        """End the session of a participant that left the room."""
+        session_id = self._session_by_identity.get(participant.identity)
+        if session_id is None:
+            return
+        session = self.sessions[session_id]
+        if session.participant_sid and session.participant_sid != participant.sid:
+            return  # a stale leave of an earlier connection of this identity
+        reason = disconnect_reason_name(participant)
+        session.log.info("participant left", extra={"reason": reason})
+        await self.cleanup_session(session_id, reason=f"participant left ({reason})")
+
+    async def cleanup_session(self, session_id: str, *, reason: str = "cleanup") -> bool:
+        """Remove a session and close what it owns; ``False`` if there was no such session."""
+        session = self._detach(session_id)
+        if session is None:
+            return False
+        session.log.info("cleaning up session", extra={"reason": reason})
+        if session.start_task is not None and not session.start_task.done():
+            await aio.cancel_and_wait(session.start_task)
+        try:
+            if session.pipeline is not None:
+                await session.pipeline.aclose()
+        except Exception as exc:
+            self.error_count += 1
+            session.log.error("failed to close the session's pipeline", exc_info=exc)
+        finally:
+            self.transition(session, "closed", reason=reason)
+        session.log.info(
+            "session closed",
+            extra={
+                "duration_s": round(session.age_seconds, 3),
+                "message_count": session.message_count,
+            },
+        )
+        return True
+
+    def _detach(self, session_id: str) -> ParticipantSession | None:
+        session = self.sessions.pop(session_id, None)
+        if session is not None and self._session_by_identity.get(session.participant_id) == (
+            session_id
+        ):
+            del self._session_by_identity[session.participant_id]
+        return session
+
+    def transition(self, session: ParticipantSession, new: ConnectionState, *, reason: str) -> None:
+        """The one place a session's connection_state changes: checked, logged, counted."""
+        old = session.connection_state
+        if old == new:
+            return
+        check_transition(old, new)
+        session.connection_state = new
+        self.state_transitions[f"{old}->{new}"] += 1
+        session.log.info(
+            "connection state changed", extra={"from": old, "to": new, "reason": reason}
+        )
+
+    # -- room event handlers (synchronous: they hand the work to owned tasks) -------------
+
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        self._spawn(self.on_participant_joined(participant), f"join.{participant.identity}")
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        self._spawn(self.on_participant_left(participant), f"leave.{participant.identity}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=f"clara.{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.error_count += 1
+            self._log.error("room event handler failed", exc_info=exc)
+
+
+__all__ = ["CONNECT_FAILED_MESSAGE", "HUMAN_KINDS", "ClaraVoiceAgent"]

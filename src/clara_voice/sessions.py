@@ -1,0 +1,75 @@
+"""ParticipantSession: the per-participant record a ClaraVoiceAgent keeps (seed 000/001).
+
+The seeds call this record ``AgentSession``; livekit-agents already uses that name for its
+pipeline runtime, so here it is ``ParticipantSession``. It holds the seed's fields and what
+the agent owns for that participant (its voice pipeline, the task that starts it).
+
+``connection_state`` moves only through :func:`check_transition`'s table; the agent's single
+transition function uses it, logs each move with its reason, and counts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+from .logging import ContextLogger
+
+if TYPE_CHECKING:
+    from .pipeline import VoicePipeline
+
+ConnectionState = Literal["connecting", "connected", "reconnecting", "error", "closed"]
+
+_ALLOWED: dict[ConnectionState, frozenset[ConnectionState]] = {
+    "connecting": frozenset({"connected", "error", "closed"}),
+    "connected": frozenset({"reconnecting", "error", "closed"}),
+    "reconnecting": frozenset({"connected", "error", "closed"}),
+    "error": frozenset({"closed"}),
+    "closed": frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A connection_state move the state machine does not allow."""
+
+
+def check_transition(current: ConnectionState, new: ConnectionState) -> None:
+    """Raise :class:`IllegalTransition` unless ``current → new`` is a legal move."""
+    if new not in _ALLOWED[current]:
+        raise IllegalTransition(f"connection_state cannot move from {current!r} to {new!r}")
+
+
+_sequence = itertools.count(1)
+
+
+def new_session_id(identity: str) -> str:
+    """``session_<unix ms>_<identity>_<pid>.<n>``: unique across joins in the same millisecond
+    (a process-wide sequence number) and across worker processes (the pid)."""
+    return f"session_{int(time.time() * 1000)}_{identity}_{os.getpid()}.{next(_sequence)}"
+
+
+@dataclass(kw_only=True, eq=False)
+class ParticipantSession:
+    """One participant's voice session (the seeds' ``AgentSession``)."""
+
+    session_id: str
+    participant_id: str
+    """The participant's identity (stable across reconnects)."""
+    participant_sid: str
+    start_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    message_count: int = 0
+    connection_state: ConnectionState = "connecting"
+    reconnection_attempts: int = 0
+
+    log: ContextLogger = field(repr=False)
+    pipeline: VoicePipeline | None = field(default=None, repr=False)
+    start_task: asyncio.Task[VoicePipeline] | None = field(default=None, repr=False)
+
+    @property
+    def age_seconds(self) -> float:
+        return (datetime.now(UTC) - self.start_time).total_seconds()

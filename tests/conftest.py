@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from livekit.agents import JobContext, JobExecutorType, JobProcess
+from livekit.agents.job import JobAcceptArguments, RunningJobInfo
+from livekit.protocol import agent as agent_pb
+from livekit.protocol import models
+
+from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.config import Settings, load_settings
+
+from .fakes import FakePipelineFactory, FakeRoom
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No developer .env or exported variable leaks into a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("CLARA_", "LIVEKIT_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def room() -> FakeRoom:
+    return FakeRoom()
+
+
+@pytest.fixture
+def factory() -> FakePipelineFactory:
+    return FakePipelineFactory()
+
+
+@pytest.fixture
+async def agent(
+    room: FakeRoom, settings: Settings, factory: FakePipelineFactory
+) -> AsyncIterator[ClaraVoiceAgent]:
+    agent = ClaraVoiceAgent(room, settings, pipeline=factory)
+    await agent.start()
+    yield agent
+    await agent.aclose()
+
+
+def other_tasks() -> set[asyncio.Task[object]]:
+    """Every task of the loop except the test's own."""
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
+
+
+async def settle(*, timeout: float = 2.0) -> None:
+    """Wait until the tasks spawned for room events (and what they await) have finished."""
+    async with asyncio.timeout(timeout):
+        while pending := other_tasks():
+            await asyncio.wait(pending)
+
+
+class _NoInference:
+    async def do_inference(self, method: str, data: bytes) -> bytes | None:
+        raise AssertionError("no inference expected")
+
+
+@pytest.fixture
+def shutdowns() -> list[str]:
+    return []
+
+
+@pytest.fixture
+async def job_ctx(room: FakeRoom, shutdowns: list[str]) -> AsyncIterator[JobContext]:
+    info = RunningJobInfo(
+        accept_arguments=JobAcceptArguments(name="", identity="agent-clara", metadata=""),
+        job=agent_pb.Job(
+            id="AJ_test",
+            type=agent_pb.JobType.JT_ROOM,
+            room=models.Room(sid="RM_1", name=room.name),
+        ),
+        url="ws://127.0.0.1:1",
+        token="token",
+        worker_id="AW_test",
+        fake_job=False,
+    )
+    # jobs run in their own process in the worker (livekit's default executor)
+    proc = JobProcess(executor_type=JobExecutorType.PROCESS, user_arguments=None, http_proxy=None)
+    ctx = JobContext(
+        proc=proc,
+        info=info,
+        room=room,  # type: ignore[arg-type]
+        on_connect=lambda: None,
+        on_shutdown=shutdowns.append,
+        inference_executor=_NoInference(),
+    )
+    yield ctx
+    await ctx._on_cleanup()  # what livekit's job runner does after the shutdown callbacks

@@ -1,0 +1,158 @@
+"""The test kit: a fake room, real participants, a fake pipeline factory.
+
+``FakeRoom`` subclasses livekit's ``rtc.EventEmitter`` and emits what ``rtc.Room`` emits,
+with the same arguments and in the same order (``remote_participants`` is updated before
+``participant_connected`` and after ``participant_disconnected``'s pop, as the SDK does).
+Participants are livekit's real ``rtc.RemoteParticipant`` built from protocol info with no
+native handle, so every property the agent reads is the SDK's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+from livekit import rtc
+from livekit.rtc._proto import handle_pb2, participant_pb2
+
+from clara_voice.sessions import ParticipantSession
+
+_sids = itertools.count(1)
+
+
+def make_participant(
+    identity: str,
+    *,
+    kind: int = rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+    attributes: Mapping[str, str] | None = None,
+    metadata: str = "",
+    sid: str | None = None,
+) -> rtc.RemoteParticipant:
+    """A real ``rtc.RemoteParticipant`` (no FFI handle behind it)."""
+    info = participant_pb2.ParticipantInfo(
+        sid=sid or f"PA_{next(_sids)}",
+        identity=identity,
+        name=identity,
+        metadata=metadata,
+        kind=kind,  # type: ignore[arg-type]
+        attributes=dict(attributes or {}),
+    )
+    owned = participant_pb2.OwnedParticipant(handle=handle_pb2.FfiOwnedHandle(id=0), info=info)
+    return rtc.RemoteParticipant(owned)
+
+
+class FakeLocalParticipant:
+    """The agent's own participant in the fake room."""
+
+    def __init__(self, identity: str = "agent-clara") -> None:
+        self.identity = identity
+        self.sid = "PA_agent"
+        self.attributes: dict[str, str] = {}
+
+
+class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
+    """Stands in for ``rtc.Room`` at the network edge."""
+
+    def __init__(self, name: str = "test-room", *, metadata: str = "") -> None:
+        super().__init__()
+        self.name = name
+        self.metadata = metadata
+        self.remote_participants: dict[str, rtc.RemoteParticipant] = {}
+        self.local_participant = FakeLocalParticipant()
+        self.connect_error: Exception | None = None
+        self.connected = False
+        self.connect_calls: list[tuple[str, str]] = []
+
+    # -- what the SDK does on its own events --------------------------------------------
+
+    def join(self, identity: str, **kwargs: Any) -> rtc.RemoteParticipant:
+        participant = make_participant(identity, **kwargs)
+        if identity in self.remote_participants:
+            raise AssertionError("participant already exists")  # as rtc.Room raises
+        self.remote_participants[identity] = participant
+        self.emit("participant_connected", participant)
+        return participant
+
+    def leave(
+        self,
+        identity: str,
+        reason: int = rtc.DisconnectReason.CLIENT_INITIATED,
+    ) -> rtc.RemoteParticipant:
+        participant = self.remote_participants.pop(identity)
+        participant._info.disconnect_reason = reason  # type: ignore[assignment]
+        self.emit("participant_disconnected", participant)
+        return participant
+
+    # -- the subset of rtc.Room's API the job uses ---------------------------------------
+
+    def isconnected(self) -> bool:
+        return self.connected
+
+    async def connect(self, url: str, token: str, options: Any = None) -> None:
+        self.connect_calls.append((url, token))
+        if self.connect_error is not None:
+            raise self.connect_error
+        self.connected = True
+        self.emit("connected")
+
+    async def disconnect(self) -> None:
+        if self.connected:
+            self.connected = False
+            self.emit("disconnected", rtc.DisconnectReason.CLIENT_INITIATED)
+
+    def listener_count(self) -> int:
+        return sum(len(callbacks) for callbacks in self._events.values())
+
+
+class FakePipeline:
+    def __init__(self, identity: str) -> None:
+        self.identity = identity
+        self.close_calls = 0
+        self.close_error: Exception | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.close_calls > 0
+
+    async def aclose(self) -> None:
+        self.close_calls += 1
+        if self.close_error is not None:
+            raise self.close_error
+
+
+class FakePipelineFactory:
+    """Starts :class:`FakePipeline`s; can fail or hold a start for chosen identities."""
+
+    def __init__(self) -> None:
+        self.started: list[FakePipeline] = []
+        self.fail: dict[str, Exception] = {}
+        self.hold: dict[str, asyncio.Event] = {}
+        self.cancelled: list[str] = []
+        self.starting = asyncio.Event()
+
+    @property
+    def open_pipelines(self) -> list[FakePipeline]:
+        return [p for p in self.started if not p.closed]
+
+    async def start(
+        self,
+        *,
+        room: Any,
+        participant: rtc.RemoteParticipant,
+        session: ParticipantSession,
+    ) -> FakePipeline:
+        identity = participant.identity
+        self.starting.set()
+        if (gate := self.hold.get(identity)) is not None:
+            try:
+                await gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(identity)
+                raise
+        if (error := self.fail.get(identity)) is not None:
+            raise error
+        pipeline = FakePipeline(identity)
+        self.started.append(pipeline)
+        return pipeline

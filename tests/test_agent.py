@@ -1,0 +1,293 @@
+"""ClaraVoiceAgent's session lifecycle (seed 000) on the fake room."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from livekit import rtc
+
+from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.config import Settings
+
+from .conftest import other_tasks, settle
+from .fakes import FakePipelineFactory, FakeRoom
+
+
+def session_of(agent: ClaraVoiceAgent, identity: str):  # type: ignore[no-untyped-def]
+    matches = [s for s in agent.sessions.values() if s.participant_id == identity]
+    assert len(matches) <= 1, f"{identity} has {len(matches)} sessions"
+    return matches[0] if matches else None
+
+
+async def test_join_creates_a_connected_session_with_the_seed_fields(
+    agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
+) -> None:
+    room.join("alice")
+    await settle()
+
+    assert len(agent.sessions) == 1
+    (session_id, session), *_ = agent.sessions.items()
+    assert session.session_id == session_id
+    assert session_id.startswith("session_") and "alice" in session_id
+    assert session.participant_id == "alice"
+    assert session.message_count == 0
+    assert session.reconnection_attempts == 0
+    assert session.connection_state == "connected"
+    assert session.start_time.tzinfo is not None
+    assert [p.identity for p in factory.open_pipelines] == ["alice"]
+
+
+async def test_leave_cleans_up_the_session_and_closes_its_pipeline(
+    agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
+) -> None:
+    room.join("alice")
+    await settle()
+    session = session_of(agent, "alice")
+
+    room.leave("alice")
+    await settle()
+
+    assert agent.sessions == {}
+    assert session is not None and session.connection_state == "closed"
+    assert factory.open_pipelines == []
+    assert factory.started[0].close_calls == 1
+
+
+async def test_seed_log_messages(
+    agent: ClaraVoiceAgent, room: FakeRoom, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="clara_voice")
+    room.join("alice")
+    await settle()
+    room.leave("alice")
+    await settle()
+
+    messages = [r.getMessage() for r in caplog.records if r.name == "clara_voice.agent"]
+    for expected in ("participant joined", "session initialized", "cleaning up session"):
+        assert expected in messages
+    joined = next(r for r in caplog.records if r.getMessage() == "session initialized")
+    assert joined.participant == "alice"  # type: ignore[attr-defined]
+    assert joined.session_id.startswith("session_")  # type: ignore[attr-defined]
+
+
+async def test_several_participants_each_get_their_own_session(
+    agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
+) -> None:
+    for name in ("alice", "bob", "carol"):
+        room.join(name)
+    await settle()
+    assert sorted(s.participant_id for s in agent.sessions.values()) == ["alice", "bob", "carol"]
+    assert len({p.identity for p in factory.open_pipelines}) == 3
+
+    room.leave("bob")
+    await settle()
+    assert sorted(s.participant_id for s in agent.sessions.values()) == ["alice", "carol"]
+    assert sorted(p.identity for p in factory.open_pipelines) == ["alice", "carol"]
+
+
+async def test_same_identity_leaving_and_rejoining_gets_a_new_session(
+    agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
+) -> None:
+    room.join("alice")
+    await settle()
+    first = session_of(agent, "alice")
+    room.leave("alice")
+    room.join("alice")
+    await settle()
+
+    second = session_of(agent, "alice")
+    assert first is not None and second is not None
+    assert second.session_id != first.session_id
+    assert first.connection_state == "closed"
+    assert second.connection_state == "connected"
+    assert len(factory.open_pipelines) == 1
+
+
+async def test_a_stale_leave_does_not_end_the_newer_session(
+    agent: ClaraVoiceAgent, room: FakeRoom
+) -> None:
+    """Regression: a leave for an old connection of an identity must not close the new one."""
+    old = room.join("alice")
+    await settle()
+    # a second connection of the same identity replaced the first before the first's
+    # leave reached the agent
+    room.remote_participants.pop("alice")
+    room.join("alice")
+    await settle()
+    current = session_of(agent, "alice")
+    await agent.on_participant_left(old)
+
+    assert session_of(agent, "alice") is current
+    assert current is not None and current.connection_state == "connected"
+
+
+async def test_session_ids_are_unique_for_joins_in_the_same_millisecond(
+    room: FakeRoom,
+    settings: Settings,
+    factory: FakePipelineFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("clara_voice.sessions.time.time", lambda: 1_700_000_000.0)
+    agent = ClaraVoiceAgent(room, settings, pipeline=factory)
+    ids = set()
+    for _ in range(50):
+        session = await agent.on_participant_joined(room.join("alice"))
+        assert session is not None
+        ids.add(session.session_id)
+        room.leave("alice")
+        await agent.cleanup_session(session.session_id)
+    assert len(ids) == 50
+    await agent.aclose()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,
+        rtc.ParticipantKind.PARTICIPANT_KIND_EGRESS,
+        rtc.ParticipantKind.PARTICIPANT_KIND_INGRESS,
+    ],
+)
+async def test_non_human_participants_get_no_session(
+    agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory, kind: int
+) -> None:
+    room.join("other-agent", kind=kind)
+    await settle()
+    assert agent.sessions == {}
+    assert factory.started == []
+    room.leave("other-agent")
+    await settle()
+    assert agent.error_count == 0
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [rtc.ParticipantKind.PARTICIPANT_KIND_SIP, rtc.ParticipantKind.PARTICIPANT_KIND_CONNECTOR],
+)
+async def test_phone_callers_get_a_session(
+    agent: ClaraVoiceAgent, room: FakeRoom, kind: int
+) -> None:
+    room.join("+15550100", kind=kind)
+    await settle()
+    assert session_of(agent, "+15550100") is not None
+
+
+async def test_participants_already_in_the_room_get_sessions_at_start(
+    room: FakeRoom, settings: Settings, factory: FakePipelineFactory
+) -> None:
+    room.join("early")
+    room.join("bot", kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT)
+    agent = ClaraVoiceAgent(room, settings, pipeline=factory)
+    await agent.start()
+    await settle()
+    assert [s.participant_id for s in agent.sessions.values()] == ["early"]
+    await agent.aclose()
+
+
+async def test_creation_failure_is_logged_counted_and_isolated(
+    agent: ClaraVoiceAgent,
+    room: FakeRoom,
+    factory: FakePipelineFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    factory.fail["bob"] = RuntimeError("stt unavailable")
+    room.join("alice")
+    room.join("bob")
+    room.join("carol")
+    await settle()
+
+    assert sorted(s.participant_id for s in agent.sessions.values()) == ["alice", "carol"]
+    assert agent.error_count == 1
+    assert agent.state_transitions["connecting->error"] == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["Failed to initialize session for participant bob. Error: stt unavailable"]
+
+    # everyone else keeps working, and bob can try again
+    factory.fail.clear()
+    room.leave("bob")
+    room.join("bob")
+    room.leave("alice")
+    await settle()
+    assert sorted(s.participant_id for s in agent.sessions.values()) == ["bob", "carol"]
+
+
+async def test_leaving_while_the_pipeline_starts_leaves_nothing_behind(
+    agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
+) -> None:
+    factory.hold["alice"] = asyncio.Event()
+    room.join("alice")
+    await asyncio.wait_for(factory.starting.wait(), 2)
+    assert session_of(agent, "alice") is not None  # stored while connecting (seed 000)
+    assert session_of(agent, "alice").connection_state == "connecting"  # type: ignore[union-attr]
+
+    room.leave("alice")
+    await settle()
+
+    assert agent.sessions == {}
+    assert factory.cancelled == ["alice"]
+    assert factory.open_pipelines == []
+    assert agent.error_count == 0
+
+
+async def test_a_pipeline_that_fails_to_close_is_counted_and_the_session_still_ends(
+    agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
+) -> None:
+    room.join("alice")
+    await settle()
+    factory.started[0].close_error = RuntimeError("socket already gone")
+    room.leave("alice")
+    await settle()
+    assert agent.sessions == {}
+    assert agent.error_count == 1
+
+
+async def test_transitions_are_checked_and_counted(agent: ClaraVoiceAgent, room: FakeRoom) -> None:
+    from clara_voice.sessions import IllegalTransition
+
+    room.join("alice")
+    await settle()
+    session = session_of(agent, "alice")
+    assert session is not None
+    with pytest.raises(IllegalTransition):
+        agent.transition(session, "connecting", reason="test")
+    room.leave("alice")
+    await settle()
+    assert agent.state_transitions == {"connecting->connected": 1, "connected->closed": 1}
+
+
+async def test_aclose_twice_and_nothing_leaks(
+    room: FakeRoom, settings: Settings, factory: FakePipelineFactory
+) -> None:
+    tasks_before = other_tasks()
+    listeners_before = room.listener_count()
+    agent = ClaraVoiceAgent(room, settings, pipeline=factory)
+    await agent.start()
+    room.join("alice")
+    room.join("bob")
+    factory.hold["carol"] = asyncio.Event()
+    room.join("carol")  # still starting when the agent closes
+    await asyncio.wait_for(factory.starting.wait(), 2)
+    await asyncio.sleep(0)
+    assert room.listener_count() == listeners_before + 2
+
+    await agent.aclose()
+    await agent.aclose()
+
+    assert agent.sessions == {}
+    assert factory.open_pipelines == []
+    assert factory.cancelled == ["carol"]
+    assert room.listener_count() == listeners_before
+    assert other_tasks() == tasks_before
+    # events after close are ignored, not half-handled
+    room.join("late")
+    await settle()
+    assert agent.sessions == {}
+    assert factory.open_pipelines == []
+
+
+async def test_aclose_without_start_is_safe(room: FakeRoom, settings: Settings) -> None:
+    agent = ClaraVoiceAgent(room, settings, pipeline=FakePipelineFactory())
+    await agent.aclose()
+    assert room.listener_count() == 0

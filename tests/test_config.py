@@ -1,0 +1,108 @@
+"""Settings: defaults, sources, and the one-line errors that stop the service at start."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from clara_voice.config import Settings, SettingsError, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_livekit_dev_server_values() -> None:
+    settings = load_settings()
+    assert settings.livekit_url == "ws://localhost:7880"
+    assert settings.livekit_api_key == "devkey"
+    assert settings.livekit_api_secret.get_secret_value() == "secret"
+    assert settings.health_check_interval == 30
+    assert settings.stuck_session_threshold == 30 * 60
+
+
+def test_livekit_variables_keep_their_names_and_ours_share_a_prefix() -> None:
+    names = {Settings.env_name(field) for field in Settings.model_fields}
+    livekit = {n for n in names if n.startswith("LIVEKIT_")}
+    assert livekit == {"LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"}
+    assert all(n.startswith("CLARA_") for n in names - livekit)
+
+
+def test_environment_and_dotenv_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "LIVEKIT_URL=wss://example.livekit.cloud\nCLARA_HTTP_PORT=9000\n"
+    )
+    monkeypatch.setenv("CLARA_HTTP_PORT", "9100")  # the environment wins over .env
+    settings = load_settings()
+    assert settings.livekit_url == "wss://example.livekit.cloud"
+    assert settings.http_port == 9100
+
+
+def test_the_secret_never_shows_in_repr() -> None:
+    settings = load_settings(livekit_api_secret="s3cr3t-value")
+    assert "s3cr3t-value" not in repr(settings)
+    assert "s3cr3t-value" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("LIVEKIT_URL", "localhost:7880", "must be a ws://, wss://, http:// or https:// URL"),
+        ("CLARA_HEALTH_CHECK_INTERVAL", "soon", "valid number"),
+        ("CLARA_HEALTH_CHECK_INTERVAL", "0", "greater than 0"),
+        ("CLARA_HTTP_PORT", "70000", "less than or equal to 65535"),
+        ("CLARA_LOG_LEVEL", "LOUD", "'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
+        ("CLARA_MAX_RECONNECTION_ATTEMPTS", "0", "greater than or equal to 1"),
+    ],
+)
+def test_an_invalid_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    (line,) = caught.value.problems
+    assert line.startswith(f"invalid setting {variable}={value!r}: ")
+    assert expected in line
+
+
+def test_an_empty_secret_is_refused_without_echoing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEKIT_API_SECRET", "")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.problems == ["invalid setting LIVEKIT_API_SECRET: must not be empty"]
+
+
+def test_the_service_stops_at_start_with_one_line_per_bad_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLARA_", "LIVEKIT_"))}
+    env |= {"CLARA_HEALTH_CHECK_INTERVAL": "soon", "LIVEKIT_URL": "localhost"}
+    result = subprocess.run(
+        [sys.executable, "-m", "clara_voice", "start"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith("clara_voice: invalid setting LIVEKIT_URL='localhost'")
+    assert lines[1].startswith("clara_voice: invalid setting CLARA_HEALTH_CHECK_INTERVAL='soon'")
+    assert "Traceback" not in result.stderr
+
+
+def test_env_example_lists_every_variable_with_a_comment() -> None:
+    text = (REPO / ".env.example").read_text()
+    listed = re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.M)
+    assert sorted(listed) == sorted({Settings.env_name(f) for f in Settings.model_fields})
+    lines = text.splitlines()
+    for name in listed:
+        index = next(i for i, line in enumerate(lines) if re.match(rf"^#?\s*{name}=", line))
+        comment = lines[index - 1] if index else ""
+        assert comment.startswith("# "), name
+        assert not re.match(r"^#\s*[A-Z][A-Z0-9_]+=", comment), name

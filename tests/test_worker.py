@@ -1,0 +1,146 @@
+"""The worker's pieces in-process: the room-job entrypoint on a real JobContext, prewarm,
+and the diagnostics for a LiveKit server that cannot be reached."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+
+import aiohttp
+import pytest
+from livekit import rtc
+from livekit.agents import JobContext, JobExecutorType, JobProcess
+
+from clara_voice.agent import CONNECT_FAILED_MESSAGE
+from clara_voice.config import Settings
+from clara_voice.worker import (
+    VAD_USERDATA_KEY,
+    ClaraWorker,
+    _ConnectionWatch,
+    describe_connection_error,
+    entrypoint,
+    prewarm,
+)
+
+from .conftest import settle
+from .fakes import FakeRoom
+
+
+async def run_shutdown_callbacks(ctx: JobContext) -> None:
+    for callback in ctx._shutdown_callbacks:
+        await callback("test over")
+
+
+async def test_room_connection_failure_logs_the_critical_message_and_ends_the_job(
+    job_ctx: JobContext,
+    room: FakeRoom,
+    settings: Settings,
+    shutdowns: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    room.connect_error = rtc.ConnectError("engine: signal failure: 403 Forbidden")
+    listeners = room.listener_count()
+
+    await entrypoint(job_ctx, settings=settings)
+
+    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert [r.getMessage() for r in critical] == [CONNECT_FAILED_MESSAGE]
+    assert critical[0].job_id == "AJ_test"  # type: ignore[attr-defined]
+    assert critical[0].room == room.name  # type: ignore[attr-defined]
+    assert "403" in critical[0].error  # type: ignore[attr-defined]
+    assert shutdowns == ["room connection failed"]
+    assert room.listener_count() == listeners  # the agent never started following the room
+    await run_shutdown_callbacks(job_ctx)  # the job's shutdown closes the agent cleanly
+
+
+async def test_entrypoint_runs_one_agent_for_the_room_and_closes_it_at_shutdown(
+    job_ctx: JobContext, room: FakeRoom, settings: Settings, shutdowns: list[str]
+) -> None:
+    room.join("alice")
+
+    await entrypoint(job_ctx, settings=settings)
+    await settle()
+    listeners = room.listener_count()  # the job context's own and the agent's two
+
+    assert room.connect_calls == [("ws://127.0.0.1:1", "token")]
+    assert job_ctx.log_context_fields["job_id"] == "AJ_test"
+    assert job_ctx.log_context_fields["room"] == room.name
+    assert len(job_ctx._shutdown_callbacks) == 1
+    room.join("bob")
+    await settle()
+
+    await run_shutdown_callbacks(job_ctx)
+    assert room.listener_count() == listeners - 2
+    assert shutdowns == []
+
+
+def test_prewarm_loads_the_bundled_vad_once_per_process(settings: Settings) -> None:
+    from livekit.agents import vad
+
+    proc = JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)
+    prewarm(proc, settings=settings)
+    assert isinstance(proc.userdata[VAD_USERDATA_KEY], vad.VAD)
+
+
+def test_worker_is_configured_from_settings_and_its_callbacks_pickle(settings: Settings) -> None:
+    """Regression: job processes receive the entrypoint and prewarm by pickling (forkserver)."""
+    worker = ClaraWorker(settings)
+    assert worker._entrypoint_fnc is not None and worker.setup_fnc is not None
+    entry = pickle.loads(pickle.dumps(worker._entrypoint_fnc))
+    setup = pickle.loads(pickle.dumps(worker.setup_fnc))
+    assert entry.keywords["settings"] == settings
+    assert setup.keywords["settings"] == settings
+    assert worker._ws_url == settings.livekit_url
+    assert worker._max_retry == settings.livekit_max_retry
+
+
+def _livekit_warning(error: BaseException) -> logging.LogRecord:
+    message = "failed to connect to livekit, retrying in 4s"
+    record = logging.LogRecord("livekit.agents", logging.WARNING, __file__, 1, message, None, None)
+    record.retry_count = 3
+    record.max_retry = 16
+    record.error = error
+    return record
+
+
+def test_connection_failures_become_one_clear_line_and_mark_the_worker_unhealthy(
+    settings: Settings,
+) -> None:
+    worker = ClaraWorker(settings)
+    watch = _ConnectionWatch(worker)
+    record = _livekit_warning(aiohttp.ClientConnectionError("connection refused"))
+
+    assert watch.filter(record)
+    line = record.getMessage()
+    assert line.startswith(f"cannot reach the LiveKit server at {settings.livekit_url}")
+    assert "LIVEKIT_URL" in line and "retrying in 4s (attempt 3/16)" in line
+    assert worker.connection_failing
+
+    worker._on_registered("AW_1")
+    assert not worker.connection_failing
+
+
+def test_rejected_credentials_name_the_key_variables() -> None:
+    error = aiohttp.WSServerHandshakeError(None, (), status=401, message="unauthorized")  # type: ignore[arg-type]
+    line = describe_connection_error("ws://lk:7880", error)
+    assert "rejected the worker's credentials" in line
+    assert "LIVEKIT_API_KEY" in line and "LIVEKIT_API_SECRET" in line
+
+
+def test_the_give_up_traceback_is_replaced_by_the_workers_own_line(settings: Settings) -> None:
+    watch = _ConnectionWatch(ClaraWorker(settings))
+    try:
+        raise RuntimeError("failed to connect to livekit after 16 attempts")
+    except RuntimeError:
+        import sys
+
+        record = logging.LogRecord(
+            "livekit.agents",
+            logging.ERROR,
+            __file__,
+            1,
+            "Error in _connection_task",
+            None,
+            sys.exc_info(),
+        )
+    assert not watch.filter(record)
