@@ -113,11 +113,14 @@ def test_connection_failures_become_one_clear_line_and_mark_the_worker_unhealthy
     assert watch.filter(record)
     line = record.getMessage()
     assert line.startswith(f"cannot reach the LiveKit server at {settings.livekit_url}")
-    assert "LIVEKIT_URL" in line and "retrying in 4s (attempt 3/16)" in line
-    assert worker.connection_failing
+    assert "LIVEKIT_URL" in line
+    assert "retrying in 4s (retry 3/16)" in line
+    assert not worker.healthy
+    assert isinstance(worker.last_connection_error, aiohttp.ClientConnectionError)
 
     worker._on_registered("AW_1")
-    assert not worker.connection_failing
+    assert worker.healthy
+    assert worker.registered
 
 
 def test_rejected_credentials_name_the_key_variables() -> None:

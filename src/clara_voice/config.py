@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         default="auto",
         description="`json`, `console`, or `auto` (JSON for `start`, readable for `dev`).",
     )
+    http_host: str = Field(
+        default="0.0.0.0",
+        description="Interface of the health endpoint (`127.0.0.1` to keep it local).",
+    )
     http_port: int = Field(
         default=8081,
         ge=0,
@@ -77,7 +81,7 @@ class Settings(BaseSettings):
     livekit_max_retry: int = Field(
         default=16,
         ge=0,
-        description="Attempts to reach the LiveKit server before the worker gives up and exits 1.",
+        description="Retries of the LiveKit connection before the worker gives up and exits 1.",
     )
     drain_timeout: int = Field(
         default=300,

@@ -7,8 +7,8 @@ ClaraVoiceAgent for the room and registers its ``aclose`` with the job's shutdow
 
 The worker also says clearly when it cannot reach LiveKit: livekit retries the connection
 with backoff and logs a terse warning; :class:`_ConnectionWatch` turns each one into one
-line naming the URL and the variable to set, and makes the health endpoint answer 503
-until the worker is registered.
+line naming the URL and the variable to set. The health endpoint answers 503 until the
+worker is registered, and again whenever its connection to LiveKit is lost.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class ClaraWorker(AgentServer):
             ws_url=settings.livekit_url,
             api_key=settings.livekit_api_key,
             api_secret=settings.livekit_api_secret.get_secret_value(),
+            host=settings.http_host,
             port=settings.http_port,
             max_retry=settings.livekit_max_retry,
             drain_timeout=settings.drain_timeout,
@@ -51,12 +52,16 @@ class ClaraWorker(AgentServer):
         )
         self.settings = settings
         self.gave_up = False
+        self.registered = False
+        self.last_connection_error: object = None
         self.rtc_session(partial(entrypoint, settings=settings))
         self.on("worker_registered", self._on_registered)
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
         if not AgentsConsole.get_instance().enabled:  # console mode keeps livekit's TUI
             configure_logging(level=self.settings.log_level, fmt=self._log_format(devmode))
+        if not unregistered:
+            self._set_health(ok=False)  # 503 until registered with the LiveKit server
         watch = _ConnectionWatch(self)
         livekit_logger = logging.getLogger("livekit.agents")
         livekit_logger.addFilter(watch)
@@ -66,29 +71,37 @@ class ClaraWorker(AgentServer):
             if "failed to connect to livekit" not in str(exc):
                 raise
             self.gave_up = True
+            attempts = self.settings.livekit_max_retry + 1
             log.critical(
-                f"giving up: the LiveKit server at {self.settings.livekit_url} could not be "
-                f"reached after {self.settings.livekit_max_retry} attempts; set LIVEKIT_URL "
-                "to a running server (or raise CLARA_LIVEKIT_MAX_RETRY)",
+                f"giving up after {attempts} attempts: "
+                + describe_connection_error(self.settings.livekit_url, self.last_connection_error)
+                + " (or raise CLARA_LIVEKIT_MAX_RETRY)",
                 extra={"url": self.settings.livekit_url},
             )
         finally:
             livekit_logger.removeFilter(watch)
 
     @property
-    def connection_failing(self) -> bool:
-        """True while the worker has failed to reach LiveKit and is not registered."""
-        # livekit's health endpoint answers 503 while this flag is set; livekit itself only
-        # sets it when it gives up, we set it from the first failed attempt
-        return bool(self._connection_failed)
+    def healthy(self) -> bool:
+        """What the health endpoint reports: False (503) until registered with LiveKit."""
+        return not self._connection_failed
 
-    def _set_connection_failing(self, failing: bool) -> None:
-        self._connection_failed = failing
+    def _set_health(self, *, ok: bool) -> None:
+        # livekit's health endpoint answers 503 while this flag is set; livekit itself sets
+        # it only when it gives up, we hold it from the start until registration
+        self._connection_failed = not ok
+
+    def _on_connection_failed(self, error: object) -> None:
+        self.registered = False
+        self.last_connection_error = error
+        self._set_health(ok=False)
 
     def _on_registered(self, worker_id: str, *_: Any) -> None:
-        if self.connection_failing:
+        if self.last_connection_error is not None:
             log.info("connected to the LiveKit server", extra={"url": self.settings.livekit_url})
-        self._set_connection_failing(False)
+        self.registered = True
+        self.last_connection_error = None
+        self._set_health(ok=True)
 
     def _log_format(self, devmode: bool) -> RenderFormat:
         if self.settings.log_format == "auto":
@@ -111,12 +124,12 @@ class _ConnectionWatch(logging.Filter):
             return False  # the traceback of livekit giving up: ClaraWorker.run says it in a line
         if not message.startswith("failed to connect to livekit"):
             return True
-        self._worker._set_connection_failing(True)
         url = self._worker.settings.livekit_url
         error = getattr(record, "error", None)
+        self._worker._on_connection_failed(error)
         retry = self._RETRY.search(message)
         extra = record.__dict__
-        attempt = f" (attempt {extra.get('retry_count', '?')}/{extra.get('max_retry', '?')})"
+        attempt = f" (retry {extra.get('retry_count', '?')}/{extra.get('max_retry', '?')})"
         record.msg = describe_connection_error(url, error) + (
             f"; retrying in {retry.group(1)}s{attempt}" if retry else ""
         )
