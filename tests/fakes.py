@@ -10,8 +10,9 @@ native handle, so every property the agent reads is the SDK's own.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from livekit import rtc
@@ -44,12 +45,54 @@ def make_participant(
 
 
 class FakeLocalParticipant:
-    """The agent's own participant in the fake room."""
+    """The agent's own participant in the fake room (RPC registry as in the SDK)."""
 
     def __init__(self, identity: str = "agent-clara") -> None:
         self.identity = identity
         self.sid = "PA_agent"
         self.attributes: dict[str, str] = {}
+        self.rpc_handlers: dict[str, Callable[[rtc.RpcInvocationData], Awaitable[str]]] = {}
+
+    def register_rpc_method(self, method: str, handler: Any) -> Any:
+        self.rpc_handlers[method] = handler
+        return handler
+
+    def unregister_rpc_method(self, method: str) -> None:
+        self.rpc_handlers.pop(method, None)
+
+    async def call_rpc(self, caller: str, method: str, payload: str = "") -> str:
+        """What the SDK does when ``caller`` performs an RPC on the agent."""
+        handler = self.rpc_handlers.get(method)
+        if handler is None:
+            raise rtc.RpcError(rtc.RpcError.ErrorCode.UNSUPPORTED_METHOD, "Method not supported")
+        data = rtc.RpcInvocationData(
+            request_id=f"req-{next(_sids)}",
+            caller_identity=caller,
+            payload=payload,
+            response_timeout=10.0,
+            method=method,
+        )
+        result = handler(data)
+        return str(await result if inspect.isawaitable(result) else result)
+
+
+class FakeTextStreamReader:
+    """A chat message as the SDK's TextStreamReader hands it to a handler."""
+
+    def __init__(self, text: str, topic: str) -> None:
+        self._text = text
+        self.info = rtc.TextStreamInfo(
+            stream_id=f"TS_{next(_sids)}",
+            mime_type="text/plain",
+            topic=topic,
+            timestamp=0,
+            size=len(text),
+            attributes={},
+            attachments=[],
+        )
+
+    async def read_all(self) -> str:
+        return self._text
 
 
 class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
@@ -62,6 +105,7 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
         self.remote_participants: dict[str, rtc.RemoteParticipant] = {}
         self.local_participant = FakeLocalParticipant()
         self.connect_error: Exception | None = None
+        self.text_stream_handlers: dict[str, Callable[..., None]] = {}
         self.connected = False
         self.connect_calls: list[tuple[str, str]] = []
 
@@ -102,6 +146,19 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
             self.connected = False
             self.emit("disconnected", rtc.DisconnectReason.CLIENT_INITIATED)
 
+    def register_text_stream_handler(self, topic: str, handler: Callable[..., None]) -> None:
+        if topic in self.text_stream_handlers:
+            raise ValueError(f"text stream handler for topic '{topic}' already set")
+        self.text_stream_handlers[topic] = handler
+
+    def unregister_text_stream_handler(self, topic: str) -> None:
+        self.text_stream_handlers.pop(topic, None)
+
+    def send_text(self, identity: str, text: str, topic: str = "lk.chat") -> None:
+        """``identity`` sends a text stream on ``topic`` (dropped if nobody handles it)."""
+        if (handler := self.text_stream_handlers.get(topic)) is not None:
+            handler(FakeTextStreamReader(text, topic), identity)
+
     def listener_count(self) -> int:
         return sum(len(callbacks) for callbacks in self._events.values())
 
@@ -131,6 +188,10 @@ class FakePipelineFactory:
         self.hold: dict[str, asyncio.Event] = {}
         self.cancelled: list[str] = []
         self.starting = asyncio.Event()
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
 
     @property
     def open_pipelines(self) -> list[FakePipeline]:
@@ -142,6 +203,7 @@ class FakePipelineFactory:
         room: Any,
         participant: rtc.RemoteParticipant,
         session: ParticipantSession,
+        observer: Any = None,
     ) -> FakePipeline:
         identity = participant.identity
         self.starting.set()
@@ -156,3 +218,8 @@ class FakePipelineFactory:
         pipeline = FakePipeline(identity)
         self.started.append(pipeline)
         return pipeline
+
+
+def fake_factory(settings: Any, proc: Any) -> FakePipelineFactory:
+    """Stands in for ``worker.build_pipeline_factory`` in entrypoint tests."""
+    return FakePipelineFactory()

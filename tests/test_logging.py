@@ -17,7 +17,7 @@ from clara_voice.logging import build_formatter, configure_logging, get_logger
 from clara_voice.worker import entrypoint
 
 from .conftest import settle
-from .fakes import FakeRoom
+from .fakes import FakeRoom, fake_factory
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ async def test_every_record_of_a_job_carries_job_id_and_room(
     job_ctx._on_setup()  # livekit's job runner attaches the job's log fields to the handlers
     room.join("alice")
 
-    await entrypoint(job_ctx, settings=settings)
+    await entrypoint(job_ctx, settings=settings, pipeline_factory=fake_factory)
     await settle()
     logging.getLogger("livekit.agents").info("a livekit record inside the job")
     for callback in job_ctx._shutdown_callbacks:

@@ -23,7 +23,7 @@ from clara_voice.worker import (
 )
 
 from .conftest import settle
-from .fakes import FakeRoom
+from .fakes import FakeRoom, fake_factory
 
 
 async def run_shutdown_callbacks(ctx: JobContext) -> None:
@@ -41,7 +41,7 @@ async def test_room_connection_failure_logs_the_critical_message_and_ends_the_jo
     room.connect_error = rtc.ConnectError("engine: signal failure: 403 Forbidden")
     listeners = room.listener_count()
 
-    await entrypoint(job_ctx, settings=settings)
+    await entrypoint(job_ctx, settings=settings, pipeline_factory=fake_factory)
 
     critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
     assert [r.getMessage() for r in critical] == [CONNECT_FAILED_MESSAGE]
@@ -58,7 +58,7 @@ async def test_entrypoint_runs_one_agent_for_the_room_and_closes_it_at_shutdown(
 ) -> None:
     room.join("alice")
 
-    await entrypoint(job_ctx, settings=settings)
+    await entrypoint(job_ctx, settings=settings, pipeline_factory=fake_factory)
     await settle()
     listeners = room.listener_count()  # the job context's own and the agent's two
 

@@ -66,6 +66,9 @@ def worker_env(*, url: str, api_secret: str, http_port: int, **extra: str) -> di
         LIVEKIT_API_KEY=API_KEY,
         LIVEKIT_API_SECRET=api_secret,
         CLARA_HTTP_HOST="127.0.0.1",
+        # the providers are never reached: these jobs never get a room connection
+        OPENAI_API_KEY="test-openai-key",
+        DEEPGRAM_API_KEY="test-deepgram-key",
         CLARA_HTTP_PORT=str(http_port),
         CLARA_NUM_IDLE_PROCESSES="1",
         CLARA_LOG_FORMAT="json",

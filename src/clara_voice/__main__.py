@@ -1,7 +1,8 @@
 """``python -m clara_voice {start,dev,console,connect,download-files}``.
 
-Settings are read and validated first: a bad value prints one line per variable and exits
-2 before anything registers with LiveKit. Then livekit's CLI runs over a ClaraWorker.
+Settings are read and validated first: a bad value, or a selected cloud provider without
+its API key, prints one line per variable and exits 2 before anything registers with
+LiveKit. Then livekit's CLI runs over a ClaraWorker.
 """
 
 from __future__ import annotations
@@ -9,12 +10,22 @@ from __future__ import annotations
 import sys
 import warnings
 
-from .config import SettingsError, load_settings
+from .config import Settings, SettingsError, load_settings
+
+
+def check_providers(settings: Settings) -> None:
+    """Stop at start when a selected cloud provider has no API key."""
+    from .providers import missing_keys
+
+    if problems := missing_keys(settings):
+        raise SettingsError(problems)
 
 
 def main() -> int:
     try:
         settings = load_settings()
+        if "download-files" not in sys.argv[1:2]:
+            check_providers(settings)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"clara_voice: {problem}", file=sys.stderr)

@@ -21,9 +21,16 @@ from livekit.agents.utils import aio
 
 from .config import Settings
 from .logging import get_logger
+from .metrics import PerformanceMetrics
 from .persistence import Backend
 from .pipeline import PipelineFactory
-from .sessions import ConnectionState, ParticipantSession, check_transition, new_session_id
+from .sessions import (
+    ConnectionState,
+    ParticipantSession,
+    TurnMetrics,
+    check_transition,
+    new_session_id,
+)
 
 CONNECT_FAILED_MESSAGE = (
     "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."
@@ -59,7 +66,7 @@ class ClaraVoiceAgent:
         log_context: Mapping[str, Any] | None = None,
     ) -> None:
         self.sessions: dict[str, ParticipantSession] = {}
-        self.error_count = 0
+        self.metrics = PerformanceMetrics()
         self.state_transitions: Counter[str] = Counter()
         self._room = room
         self._settings = settings
@@ -74,6 +81,10 @@ class ClaraVoiceAgent:
     @property
     def room(self) -> rtc.Room:
         return self._room
+
+    @property
+    def error_count(self) -> int:
+        return self.metrics.error_count
 
     async def start(self) -> None:
         """Follow the room's participants; those already in the room get sessions now."""
@@ -101,13 +112,17 @@ class ClaraVoiceAgent:
             except Exception as exc:
                 failures.append(exc)
         await aio.cancel_and_wait(*self._tasks)
+        try:
+            await self._pipeline.aclose()
+        except Exception as exc:
+            failures.append(exc)
         if self._backend is not None:
             try:
                 await self._backend.aclose()
             except Exception as exc:
                 failures.append(exc)
         for failure in failures:
-            self.error_count += 1
+            self.metrics.error_count += 1
             self._log.error("error while closing the agent", exc_info=failure)
         self._log.info("agent closed", extra={"errors": self.error_count})
 
@@ -143,7 +158,9 @@ class ClaraVoiceAgent:
         log.info("participant joined")
 
         session.start_task = asyncio.create_task(
-            self._pipeline.start(room=self._room, participant=participant, session=session),
+            self._pipeline.start(
+                room=self._room, participant=participant, session=session, observer=self
+            ),
             name=f"clara.pipeline_start.{session_id}",
         )
         try:
@@ -156,7 +173,7 @@ class ClaraVoiceAgent:
                 raise
             return None  # cleanup_session cancelled the start: the participant left
         except Exception as exc:
-            self.error_count += 1
+            self.metrics.error_count += 1
             log.error(
                 f"Failed to initialize session for participant {identity}. Error: {exc}",
                 exc_info=exc,
@@ -199,7 +216,7 @@ class ClaraVoiceAgent:
             if session.pipeline is not None:
                 await session.pipeline.aclose()
         except Exception as exc:
-            self.error_count += 1
+            self.metrics.error_count += 1
             session.log.error("failed to close the session's pipeline", exc_info=exc)
         finally:
             self.transition(session, "closed", reason=reason)
@@ -232,6 +249,44 @@ class ClaraVoiceAgent:
             "connection state changed", extra={"from": old, "to": new, "reason": reason}
         )
 
+    # -- what the pipelines report (PipelineObserver) ---------------------------------------
+
+    def on_message(self, session: ParticipantSession) -> None:
+        """A user or assistant message was added to the session's conversation."""
+
+    def on_turn(self, session: ParticipantSession, turn: TurnMetrics) -> None:
+        session.turns.append(turn)
+        self.metrics.record_turn(turn)
+        session.log.info(
+            "turn completed",
+            extra={
+                "message_count": session.message_count,
+                "e2e_latency": turn.e2e_latency,
+                "end_of_turn_delay": turn.end_of_turn_delay,
+                "transcription_delay": turn.transcription_delay,
+                "llm_ttft": turn.llm_ttft,
+                "tts_ttfb": turn.tts_ttfb,
+            },
+        )
+
+    def on_provider_error(self, session: ParticipantSession, source: str, error: object) -> None:
+        self.metrics.error_count += 1
+        session.log.error(
+            "provider failed the turn", extra={"source": source, "error": str(error)[:300]}
+        )
+
+    def on_pipeline_closed(self, session: ParticipantSession, reason: str) -> None:
+        """livekit closed the session's pipeline on its own (e.g. repeated provider errors)."""
+        if self.sessions.get(session.session_id) is not session or self._closed:
+            return
+        session.log.warning("pipeline closed by livekit", extra={"reason": reason})
+        if session.connection_state != "closed":
+            self.transition(session, "error", reason=f"pipeline closed: {reason}")
+        self._spawn(
+            self.cleanup_session(session.session_id, reason="pipeline closed"),
+            f"cleanup.{session.participant_id}",
+        )
+
     # -- room event handlers (synchronous: they hand the work to owned tasks) -------------
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
@@ -248,7 +303,7 @@ class ClaraVoiceAgent:
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            self.error_count += 1
+            self.metrics.error_count += 1
             self._log.error("room event handler failed", exc_info=exc)
 
 

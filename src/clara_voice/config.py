@@ -13,15 +13,59 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CLARA_"
 
 LogFormat = Literal["auto", "json", "console"]
+SessionType = Literal["text", "voice-ptt", "voice-vad"]
+TurnDetection = Literal["vad", "stt", "eot"]
+STTProvider = Literal["deepgram", "openai"]
+TTSFormat = Literal["pcm", "wav", "mp3", "opus", "aac", "flac"]
+
+DEFAULT_INSTRUCTIONS = (
+    "You are Clara, a friendly and concise voice assistant. Your replies are spoken aloud: "
+    "answer in one to three short sentences of plain conversational text, with no "
+    "markdown, lists, emoji or code. If you did not understand, ask the user to repeat."
+)
+DEFAULT_APOLOGY = "Sorry, something went wrong on my side. Could you say that again?"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class STTSpec(_Spec):
+    """One speech-to-text provider (the primary one or a fallback)."""
+
+    provider: STTProvider = "deepgram"
+    model: str | None = None
+    language: str = "en"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+
+
+class LLMSpec(_Spec):
+    """One OpenAI-compatible LLM endpoint."""
+
+    model: str = "gpt-4.1-mini"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    temperature: float | None = None
+
+
+class TTSSpec(_Spec):
+    """One OpenAI-compatible speech endpoint."""
+
+    model: str = "gpt-4o-mini-tts"
+    voice: str = "ash"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    response_format: TTSFormat = "pcm"
 
 
 class SettingsError(Exception):
@@ -112,6 +156,110 @@ class Settings(BaseSettings):
         default=Path("./data"), description="Where the embedded store and outbox live."
     )
 
+    # -- conversation -----------------------------------------------------------------------
+    instructions: str = Field(
+        default=DEFAULT_INSTRUCTIONS, min_length=1, description="Clara's system prompt."
+    )
+    apology: str = Field(
+        default=DEFAULT_APOLOGY,
+        min_length=1,
+        description="What the participant hears (or reads) when every provider failed a turn.",
+    )
+    default_session_type: SessionType = Field(
+        default="voice-vad",
+        description="Session type when the participant's `clara.session_type` attribute is absent "
+        "or unknown: `text`, `voice-ptt` or `voice-vad`.",
+    )
+
+    # -- providers (see providers.py; fallbacks are JSON lists of the same fields) ----------
+    stt_provider: STTProvider = Field(
+        default="deepgram", description="Speech-to-text: `deepgram` or `openai` (compatible)."
+    )
+    stt_model: str | None = Field(
+        default=None, description="STT model (default: nova-3 / gpt-4o-mini-transcribe)."
+    )
+    stt_language: str = Field(default="en", min_length=2, description="Language spoken.")
+    stt_base_url: str | None = Field(
+        default=None, description="STT endpoint of a compatible or self-hosted server."
+    )
+    stt_api_key: SecretStr | None = Field(
+        default=None, description="Key for `CLARA_STT_BASE_URL` (the provider's own otherwise)."
+    )
+    stt_fallbacks: list[STTSpec] = Field(
+        default_factory=list,
+        description="JSON list of fallback STTs, e.g. "
+        '`[{"provider": "openai", "base_url": "http://localhost:8000/v1"}]`.',
+    )
+    llm_model: str = Field(default="gpt-4.1-mini", min_length=1, description="LLM model.")
+    llm_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint (llama.cpp, Ollama, vLLM, LM Studio); "
+        "empty for OpenAI.",
+    )
+    llm_api_key: SecretStr | None = Field(
+        default=None, description="Key for `CLARA_LLM_BASE_URL`, if that server wants one."
+    )
+    llm_temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling.")
+    llm_fallbacks: list[LLMSpec] = Field(
+        default_factory=list,
+        description='JSON list of fallback LLMs, e.g. `[{"model": "llama3.2", '
+        '"base_url": "http://localhost:11434/v1"}]`.',
+    )
+    tts_model: str = Field(default="gpt-4o-mini-tts", min_length=1, description="TTS model.")
+    tts_voice: str = Field(default="ash", min_length=1, description="TTS voice.")
+    tts_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible speech endpoint; empty for OpenAI."
+    )
+    tts_api_key: SecretStr | None = Field(
+        default=None, description="Key for `CLARA_TTS_BASE_URL`, if that server wants one."
+    )
+    tts_response_format: TTSFormat = Field(
+        default="pcm", description="Audio format asked of the TTS (`pcm`: no decoding delay)."
+    )
+    tts_fallbacks: list[TTSSpec] = Field(
+        default_factory=list, description="JSON list of fallback TTSs (same fields)."
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias="OPENAI_API_KEY", description="OpenAI's API key."
+    )
+    deepgram_api_key: SecretStr | None = Field(
+        default=None, validation_alias="DEEPGRAM_API_KEY", description="Deepgram's API key."
+    )
+    provider_timeout: PositiveSeconds = Field(
+        default=10.0, description="Seconds before a provider request counts as failed."
+    )
+    provider_max_retry: int = Field(
+        default=2, ge=0, description="Retries of a failed provider request before failover."
+    )
+    provider_retry_interval: float = Field(
+        default=0.5, ge=0, description="Seconds between those retries."
+    )
+
+    # -- turn handling ----------------------------------------------------------------------
+    turn_detection: TurnDetection = Field(
+        default="vad",
+        description="voice-vad end of turn: `vad` (silence), `stt` (the STT's endpointing) "
+        "or `eot` (livekit's bundled end-of-turn model).",
+    )
+    min_endpointing_delay: float = Field(
+        default=0.5, ge=0, description="Seconds of silence before a turn may end."
+    )
+    max_endpointing_delay: float = Field(
+        default=3.0, ge=0, description="Longest wait for the end of a turn."
+    )
+    allow_interruptions: bool = Field(
+        default=True, description="Whether the participant can interrupt Clara by speaking."
+    )
+    min_interruption_duration: float = Field(
+        default=0.5, ge=0, description="Seconds of speech that count as an interruption."
+    )
+    vad_min_silence_duration: float = Field(
+        default=0.55, gt=0, description="Silence the VAD needs to end a speech segment."
+    )
+    vad_activation_threshold: float = Field(
+        default=0.5, gt=0, lt=1, description="VAD probability that starts speech."
+    )
+
     @field_validator("livekit_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
@@ -126,6 +274,38 @@ class Settings(BaseSettings):
         if not value.get_secret_value():
             raise ValueError("must not be empty")
         return value
+
+    def stt_chain(self) -> list[STTSpec]:
+        """The primary STT followed by its fallbacks."""
+        primary = STTSpec(
+            provider=self.stt_provider,
+            model=self.stt_model,
+            language=self.stt_language,
+            base_url=self.stt_base_url,
+            api_key=self.stt_api_key,
+        )
+        return [primary, *self.stt_fallbacks]
+
+    def llm_chain(self) -> list[LLMSpec]:
+        """The primary LLM followed by its fallbacks."""
+        primary = LLMSpec(
+            model=self.llm_model,
+            base_url=self.llm_base_url,
+            api_key=self.llm_api_key,
+            temperature=self.llm_temperature,
+        )
+        return [primary, *self.llm_fallbacks]
+
+    def tts_chain(self) -> list[TTSSpec]:
+        """The primary TTS followed by its fallbacks."""
+        primary = TTSSpec(
+            model=self.tts_model,
+            voice=self.tts_voice,
+            base_url=self.tts_base_url,
+            api_key=self.tts_api_key,
+            response_format=self.tts_response_format,
+        )
+        return [primary, *self.tts_fallbacks]
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -160,8 +340,14 @@ def _describe(exc: ValidationError) -> list[str]:
     for error in exc.errors(include_url=False):
         key = str(error["loc"][0]) if error["loc"] else "?"
         variable = env_for_loc.get(key, key.upper())
+        variable += "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:]
+        )
         message = error["msg"].removeprefix("Value error, ")
         given = error.get("input")
-        shown = "" if isinstance(given, dict) or "secret" in variable.lower() else f"={given!r}"
+        hidden = isinstance(given, (dict, list)) or any(
+            word in variable.lower() for word in ("secret", "key")
+        )
+        shown = "" if hidden else f"={given!r}"
         problems.append(f"invalid setting {variable}{shown}: {message}")
     return problems

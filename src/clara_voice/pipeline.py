@@ -1,18 +1,49 @@
-"""The voice pipeline seam: what ClaraVoiceAgent asks for each participant session.
+"""The voice pipeline: one livekit AgentSession per participant (VAD → STT → LLM → TTS).
 
-A :class:`PipelineFactory` starts one :class:`VoicePipeline` per ParticipantSession and the
-agent closes it at cleanup. The factory is injected (``ClaraVoiceAgent(..., pipeline=...)``)
-so tests drive the agent with a fake and the worker with the real livekit pipeline.
+ClaraVoiceAgent asks its :class:`PipelineFactory` for a :class:`VoicePipeline` per
+ParticipantSession and closes it at cleanup; the factory is injected, so tests drive the
+agent with a fake. :class:`LiveKitPipelineFactory` is the real one: each participant gets
+its own livekit ``AgentSession`` (its own conversation) linked to that participant only,
+fed by the room through a :class:`MediaBinding` (``RoomMedia`` in production; tests bind
+livekit's audio and text I/O seams directly).
+
+Decisions:
+
+- ``close_on_disconnect=False``: livekit would end the AgentSession whenever its
+  participant disconnects; here ClaraVoiceAgent decides (a client-initiated leave ends the
+  session at once, a network drop may be ridden out), then closes the pipeline.
+- Chat text and push-to-talk RPCs are routed per room by the sender's identity
+  (turns.py), not by livekit's per-session room input, which serves one participant only.
+- When a provider fails a turn for good (after livekit's retries and fallbacks), the
+  participant hears, or in a text session reads, ``CLARA_APOLOGY`` instead of silence.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+import asyncio
+import contextlib
+import wave
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Protocol
+
+from livekit import rtc
+from livekit.agents import AgentSession, llm, vad
+from livekit.agents.types import NOT_GIVEN
+from livekit.agents.voice import room_io
+from livekit.agents.voice.events import ConversationItemAddedEvent, ErrorEvent
+
+from .assistant import ClaraAssistant
+from .config import SessionType, Settings
+from .providers import Providers, build_providers, connect_options
+from .turns import ChatRouter, PushToTalk, resolve_session_type, turn_handling
 
 if TYPE_CHECKING:
-    from livekit import rtc
+    from .sessions import ParticipantSession, TurnMetrics
 
-    from .sessions import ParticipantSession
+CLOSE_TIMEOUT = 5.0
+"""Bound on closing one AgentSession, so a stuck provider cannot hold a cleanup."""
 
 
 class VoicePipeline(Protocol):
@@ -21,8 +52,22 @@ class VoicePipeline(Protocol):
     async def aclose(self) -> None: ...
 
 
+class PipelineObserver(Protocol):
+    """What a pipeline reports to its ClaraVoiceAgent."""
+
+    def on_message(self, session: ParticipantSession) -> None: ...
+
+    def on_turn(self, session: ParticipantSession, turn: TurnMetrics) -> None: ...
+
+    def on_provider_error(
+        self, session: ParticipantSession, source: str, error: object
+    ) -> None: ...
+
+    def on_pipeline_closed(self, session: ParticipantSession, reason: str) -> None: ...
+
+
 class PipelineFactory(Protocol):
-    """Starts a participant's pipeline.
+    """Starts participants' pipelines; owns what they share (providers, routers).
 
     ``start`` may be cancelled (the participant left while it was starting): it must then
     close whatever it had already opened before re-raising.
@@ -34,4 +79,279 @@ class PipelineFactory(Protocol):
         room: rtc.Room,
         participant: rtc.RemoteParticipant,
         session: ParticipantSession,
+        observer: PipelineObserver,
     ) -> VoicePipeline: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MediaBinding(Protocol):
+    """Connects an AgentSession to its participant's audio and text and starts it."""
+
+    async def start(
+        self,
+        agent_session: AgentSession[Any],
+        assistant: ClaraAssistant,
+        *,
+        room: rtc.Room,
+        participant: rtc.RemoteParticipant,
+        session_type: SessionType,
+    ) -> None: ...
+
+
+class RoomMedia:
+    """Production binding: livekit's room I/O linked to one participant."""
+
+    async def start(
+        self,
+        agent_session: AgentSession[Any],
+        assistant: ClaraAssistant,
+        *,
+        room: rtc.Room,
+        participant: rtc.RemoteParticipant,
+        session_type: SessionType,
+    ) -> None:
+        voice = session_type != "text"
+        options = room_io.RoomOptions(
+            participant_identity=participant.identity,
+            close_on_disconnect=False,  # ClaraVoiceAgent owns what a disconnect means
+            text_input=False,  # routed per room by ChatRouter
+            audio_input=voice,
+            audio_output=voice,
+            text_output=True,
+        )
+        await agent_session.start(assistant, room=room, room_options=options)
+
+
+class LiveKitPipelineFactory:
+    """Builds each participant's AgentSession from Settings; one factory per room."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        vad: vad.VAD,
+        providers: Providers | None = None,
+        media: MediaBinding | None = None,
+        turn_detector: Callable[[], Any] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._vad = vad
+        self._providers = providers or build_providers(settings)
+        self._media = media or RoomMedia()
+        self._turn_detector = turn_detector or _bundled_turn_detector
+        self._push_to_talk: PushToTalk | None = None
+        self._chat: ChatRouter | None = None
+        self._closed = False
+
+    @property
+    def providers(self) -> Providers:
+        return self._providers
+
+    async def start(
+        self,
+        *,
+        room: rtc.Room,
+        participant: rtc.RemoteParticipant,
+        session: ParticipantSession,
+        observer: PipelineObserver,
+    ) -> LiveKitPipeline:
+        settings = self._settings
+        session.session_type = resolve_session_type(
+            participant, settings.default_session_type, session.log
+        )
+        voice = session.session_type != "text"
+        agent_session: AgentSession[Any] = AgentSession(
+            stt=self._providers.stt if voice else NOT_GIVEN,
+            vad=self._vad if voice else None,
+            llm=self._providers.llm,
+            tts=self._providers.tts if voice else NOT_GIVEN,
+            turn_handling=turn_handling(settings, session.session_type, self._turn_detector),
+            conn_options=connect_options(settings),
+            session_close_transcript_timeout=0.5,
+            user_away_timeout=None,
+        )
+        pipeline = LiveKitPipeline(
+            agent_session=agent_session,
+            session=session,
+            observer=observer,
+            apology=settings.apology,
+        )
+        try:
+            await self._media.start(
+                agent_session,
+                ClaraAssistant(instructions=settings.instructions),
+                room=room,
+                participant=participant,
+                session_type=session.session_type,
+            )
+            pipeline.attach(self._routers(room, session), participant.identity)
+        except BaseException:
+            await pipeline.aclose()
+            raise
+        session.log.info("pipeline started", extra={"session_type": session.session_type})
+        return pipeline
+
+    def _routers(
+        self, room: rtc.Room, session: ParticipantSession
+    ) -> tuple[ChatRouter, PushToTalk]:
+        if self._chat is None:
+            self._chat = ChatRouter(room, session.log)
+        if self._push_to_talk is None:
+            self._push_to_talk = PushToTalk(room.local_participant, session.log)
+        return self._chat, self._push_to_talk
+
+    async def aclose(self) -> None:
+        """Release what the room's pipelines shared; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._push_to_talk is not None:
+            self._push_to_talk.close()
+        if self._chat is not None:
+            await self._chat.aclose()
+        await self._providers.aclose()
+
+
+class LiveKitPipeline:
+    """One participant's running AgentSession and the bookkeeping around it."""
+
+    def __init__(
+        self,
+        *,
+        agent_session: AgentSession[Any],
+        session: ParticipantSession,
+        observer: PipelineObserver,
+        apology: str,
+    ) -> None:
+        self.agent_session = agent_session
+        self._session = session
+        self._observer = observer
+        self._apology = apology
+        self._pending_user: llm.ChatMessage | None = None
+        self._routes: tuple[ChatRouter, PushToTalk] | None = None
+        self._identity = session.participant_id
+        self._closed = False
+        agent_session.on("conversation_item_added", self._on_item)
+        agent_session.on("error", self._on_error)
+        agent_session.on("close", self._on_close)
+
+    def attach(self, routes: tuple[ChatRouter, PushToTalk], identity: str) -> None:
+        chat, push_to_talk = routes
+        self._routes = routes
+        chat.add(identity, self.handle_text)
+        if self._session.session_type == "voice-ptt":
+            push_to_talk.add(identity, self.agent_session)
+
+    async def handle_text(self, text: str) -> None:
+        """A chat message from the participant: a turn of its own."""
+        if self._closed:
+            return
+        # a new message supersedes a reply in progress; one that cannot be interrupted
+        # plays out and this one queues behind it
+        with contextlib.suppress(RuntimeError):
+            self.agent_session.interrupt()
+        self.agent_session.generate_reply(user_input=text)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._routes is not None:
+            chat, push_to_talk = self._routes
+            chat.remove(self._identity, self.handle_text)
+            push_to_talk.remove(self._identity, self.agent_session)
+        try:
+            await asyncio.wait_for(self.agent_session.aclose(), CLOSE_TIMEOUT)
+        finally:
+            self.agent_session.off("conversation_item_added", self._on_item)
+            self.agent_session.off("error", self._on_error)
+            self.agent_session.off("close", self._on_close)
+
+    # -- livekit events ---------------------------------------------------------------------
+
+    def _on_item(self, event: ConversationItemAddedEvent) -> None:
+        item = event.item
+        if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
+            return
+        self._session.message_count += 1
+        self._observer.on_message(self._session)
+        if item.role == "user":
+            self._pending_user = item
+            return
+        user, self._pending_user = self._pending_user, None
+        self._observer.on_turn(self._session, _turn_metrics(user, item))
+
+    def _on_error(self, event: ErrorEvent) -> None:
+        error = event.error
+        if getattr(error, "recoverable", True):
+            return  # livekit is retrying or failing over
+        source = getattr(error, "type", type(error).__name__)
+        self._observer.on_provider_error(self._session, source, error)
+        if not self._closed and source in ("llm_error", "tts_error", "stt_error"):
+            self._apologize(tts_failed=source == "tts_error")
+
+    def _on_close(self, event: Any) -> None:
+        if not self._closed:
+            reason = str(getattr(event, "reason", "closed"))
+            self._observer.on_pipeline_closed(self._session, reason)
+
+    def _apologize(self, *, tts_failed: bool) -> None:
+        speaking = self.agent_session.output.audio is not None
+        audio = apology_audio() if speaking and tts_failed else None
+        try:
+            if audio is not None:
+                self.agent_session.say(self._apology, audio=audio, add_to_chat_ctx=False)
+            else:
+                self.agent_session.say(self._apology, add_to_chat_ctx=False)
+        except RuntimeError as exc:  # the session is closing
+            self._session.log.warning("could not apologize", exc_info=exc)
+
+
+def _turn_metrics(user: llm.ChatMessage | None, reply: llm.ChatMessage) -> TurnMetrics:
+    from .sessions import TurnMetrics
+
+    heard = user.metrics if user is not None else {}
+    said = reply.metrics
+    return TurnMetrics(
+        at=datetime.now(UTC),
+        user_text=user.text_content or "" if user is not None else "",
+        reply_text=reply.text_content or "",
+        end_of_turn_delay=heard.get("end_of_turn_delay"),
+        transcription_delay=heard.get("transcription_delay"),
+        llm_ttft=said.get("llm_node_ttft"),
+        tts_ttfb=said.get("tts_node_ttfb"),
+        e2e_latency=said.get("e2e_latency"),
+    )
+
+
+def _bundled_turn_detector() -> Any:
+    from livekit.agents import inference
+
+    return inference.TurnDetector(version="v1-mini")
+
+
+_APOLOGY_FRAME_MS = 20
+
+
+async def apology_audio() -> AsyncIterator[rtc.AudioFrame]:
+    """The bundled spoken apology, for turns where the TTS itself failed."""
+    clip = resources.files("clara_voice").joinpath("resources/apology.wav")
+    with clip.open("rb") as f, wave.open(f) as wav:
+        rate = wav.getframerate()
+        samples = rate * _APOLOGY_FRAME_MS // 1000
+        while chunk := wav.readframes(samples):
+            yield rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2)
+
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "LiveKitPipeline",
+    "LiveKitPipelineFactory",
+    "MediaBinding",
+    "PipelineFactory",
+    "PipelineObserver",
+    "RoomMedia",
+    "VoicePipeline",
+    "apology_audio",
+]

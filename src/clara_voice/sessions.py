@@ -14,10 +14,12 @@ import asyncio
 import itertools
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
+from .config import SessionType
 from .logging import ContextLogger
 
 if TYPE_CHECKING:
@@ -44,6 +46,31 @@ def check_transition(current: ConnectionState, new: ConnectionState) -> None:
         raise IllegalTransition(f"connection_state cannot move from {current!r} to {new!r}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class TurnMetrics:
+    """One completed turn, with latencies (seconds) from livekit's own per-turn metrics."""
+
+    at: datetime
+    user_text: str
+    reply_text: str
+    end_of_turn_delay: float | None = None
+    """End of the user's speech → the decision that the turn ended."""
+    transcription_delay: float | None = None
+    """End of the user's speech → the final transcript."""
+    llm_ttft: float | None = None
+    """LLM time to first token."""
+    tts_ttfb: float | None = None
+    """TTS time to first byte of audio."""
+    e2e_latency: float | None = None
+    """End of the user's speech → the first audio (or text) of the reply."""
+
+    @property
+    def processing_time(self) -> float | None:
+        """Time spent producing the reply once the turn ended (LLM TTFT + TTS TTFB)."""
+        parts = [v for v in (self.llm_ttft, self.tts_ttfb) if v is not None]
+        return sum(parts) if parts else None
+
+
 _sequence = itertools.count(1)
 
 
@@ -65,6 +92,9 @@ class ParticipantSession:
     message_count: int = 0
     connection_state: ConnectionState = "connecting"
     reconnection_attempts: int = 0
+    session_type: SessionType = "voice-vad"
+    turns: deque[TurnMetrics] = field(default_factory=lambda: deque(maxlen=100), repr=False)
+    """The most recent completed turns (newest last)."""
 
     log: ContextLogger = field(repr=False)
     pipeline: VoicePipeline | None = field(default=None, repr=False)

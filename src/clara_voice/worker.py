@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -25,11 +26,12 @@ from livekit.agents.cli import AgentsConsole
 from .agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from .config import Settings
 from .logging import RenderFormat, configure_logging, get_logger
-from .pipeline import PipelineFactory, VoicePipeline
+from .pipeline import LiveKitPipelineFactory, PipelineFactory
 
 log = get_logger("clara_voice.worker")
 
 VAD_USERDATA_KEY = "vad"
+EOT_USERDATA_KEY = "eot"
 
 
 class ClaraWorker(AgentServer):
@@ -164,11 +166,22 @@ def describe_connection_error(url: str, error: object) -> str:
 
 
 def prewarm(proc: JobProcess, *, settings: Settings) -> None:
-    """Runs once per job process before any job: load the bundled VAD model."""
-    proc.userdata[VAD_USERDATA_KEY] = inference.VAD()
+    """Runs once per job process before any job: load the bundled VAD (and, when turns end
+    by the end-of-turn model, that model) so no job waits for a model load."""
+    proc.userdata[VAD_USERDATA_KEY] = inference.VAD(
+        min_silence_duration=settings.vad_min_silence_duration,
+        activation_threshold=settings.vad_activation_threshold,
+    )
+    if settings.turn_detection == "eot":
+        _turn_detector(proc)
 
 
-async def entrypoint(ctx: JobContext, *, settings: Settings) -> None:
+async def entrypoint(
+    ctx: JobContext,
+    *,
+    settings: Settings,
+    pipeline_factory: Callable[[Settings, JobProcess], PipelineFactory] | None = None,
+) -> None:
     """The room job: one ClaraVoiceAgent for the room, closed with the job."""
     ctx.log_context_fields = {
         **ctx.log_context_fields,
@@ -178,7 +191,7 @@ async def entrypoint(ctx: JobContext, *, settings: Settings) -> None:
     agent = ClaraVoiceAgent(
         ctx.room,
         settings,
-        pipeline=build_pipeline_factory(settings, ctx.proc),
+        pipeline=(pipeline_factory or build_pipeline_factory)(settings, ctx.proc),
         log_context={"job_id": ctx.job.id, "room": ctx.job.room.name},
     )
     ctx.add_shutdown_callback(agent.aclose)
@@ -194,18 +207,16 @@ async def entrypoint(ctx: JobContext, *, settings: Settings) -> None:
     await agent.start()
 
 
-class _IdlePipeline:
-    async def aclose(self) -> None:
-        return None
-
-
-class IdlePipelineFactory:
-    """Placeholder until the VAD→STT→LLM→TTS pipeline lands: tracks sessions, says nothing."""
-
-    async def start(self, **_: Any) -> VoicePipeline:
-        return _IdlePipeline()
-
-
 def build_pipeline_factory(settings: Settings, proc: JobProcess) -> PipelineFactory:
-    """The pipeline factory the worker's agents use."""
-    return IdlePipelineFactory()
+    """The pipeline factory of one room job: the process's VAD and end-of-turn model."""
+    return LiveKitPipelineFactory(
+        settings,
+        vad=proc.userdata[VAD_USERDATA_KEY],
+        turn_detector=partial(_turn_detector, proc),
+    )
+
+
+def _turn_detector(proc: JobProcess) -> Any:
+    if (detector := proc.userdata.get(EOT_USERDATA_KEY)) is None:
+        detector = proc.userdata[EOT_USERDATA_KEY] = inference.TurnDetector(version="v1-mini")
+    return detector

@@ -1,0 +1,203 @@
+"""Turns: session types (seed 003), their turn handling, and push-to-talk over RPC.
+
+A participant's session type comes from its ``clara.session_type`` attribute (or
+``CLARA_DEFAULT_SESSION_TYPE``) and is fixed when its pipeline starts:
+
+==========  ==================  ===========================================================
+type        turn detection      how a turn ends
+==========  ==================  ===========================================================
+text        none                each text message is a turn; no audio in or out
+voice-ptt   client (manual)     the client calls the RPC methods below
+voice-vad   server              silence (`vad`), the STT's endpointing (`stt`), or livekit's
+                                bundled end-of-turn model (`eot`): ``CLARA_TURN_DETECTION``
+==========  ==================  ===========================================================
+
+Push-to-talk: RPC methods are registered once per room on the agent's participant, and a
+call controls the session of its *caller* only, so nobody can start or end another
+participant's turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import TYPE_CHECKING, Any, get_args
+
+from livekit import rtc
+from livekit.agents.types import TOPIC_CHAT
+from livekit.agents.utils import aio
+from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
+
+from .config import SessionType, Settings
+from .logging import ContextLogger
+
+if TYPE_CHECKING:
+    from livekit.agents import AgentSession
+
+SESSION_TYPE_ATTRIBUTE = "clara.session_type"
+SESSION_TYPES: tuple[SessionType, ...] = get_args(SessionType)
+
+RPC_START_TURN = "clara.start_turn"
+RPC_END_TURN = "clara.end_turn"
+RPC_CANCEL_TURN = "clara.cancel_turn"
+PTT_METHODS = (RPC_START_TURN, RPC_END_TURN, RPC_CANCEL_TURN)
+MAX_CHAT_TEXT = 8_000  # characters in one chat message
+
+
+def resolve_session_type(
+    participant: rtc.Participant, default: SessionType, log: ContextLogger
+) -> SessionType:
+    """The type the participant asks for, or ``default`` (with a warning if it asked badly)."""
+    requested = participant.attributes.get(SESSION_TYPE_ATTRIBUTE)
+    if requested is None:
+        return default
+    for session_type in SESSION_TYPES:
+        if requested == session_type:
+            return session_type
+    log.warning(
+        "unknown session type requested, using the default",
+        extra={"requested": requested[:64], "default": default},
+    )
+    return default
+
+
+def turn_handling(
+    settings: Settings, session_type: SessionType, eot: Callable[[], Any]
+) -> TurnHandlingOptions:
+    """livekit's turn handling for a session type; ``eot`` returns the end-of-turn model."""
+    detection: TurnDetectionMode
+    if session_type != "voice-vad":
+        detection = "manual"
+    elif settings.turn_detection == "eot":
+        detection = eot()
+    else:
+        detection = settings.turn_detection
+    return {
+        "turn_detection": detection,
+        "endpointing": {
+            "min_delay": settings.min_endpointing_delay,
+            "max_delay": settings.max_endpointing_delay,
+        },
+        "interruption": {
+            "enabled": settings.allow_interruptions,
+            "mode": "vad",  # local; "adaptive" would call LiveKit's inference service
+            "min_duration": settings.min_interruption_duration,
+        },
+    }
+
+
+class PushToTalk:
+    """Routes the room's push-to-talk RPC calls to the caller's own AgentSession."""
+
+    def __init__(self, local_participant: Any, log: ContextLogger) -> None:
+        self._local = local_participant
+        self._log = log
+        self._sessions: dict[str, AgentSession[Any]] = {}
+        self._registered = False
+        self.calls: dict[str, int] = {}
+
+    def add(self, identity: str, agent_session: AgentSession[Any]) -> None:
+        """Start routing ``identity``'s calls to ``agent_session`` (registering on first use)."""
+        if not self._registered:
+            for method in PTT_METHODS:
+                self._local.register_rpc_method(method, partial(self._handle, method))
+            self._registered = True
+        self._sessions[identity] = agent_session
+        agent_session.input.set_audio_enabled(False)  # nothing is heard until start_turn
+
+    def remove(self, identity: str, agent_session: AgentSession[Any]) -> None:
+        if self._sessions.get(identity) is agent_session:
+            del self._sessions[identity]
+        if not self._sessions:
+            self.close()
+
+    def close(self) -> None:
+        """Unregister the RPC methods; safe to call twice."""
+        self._sessions.clear()
+        if self._registered:
+            self._registered = False
+            for method in PTT_METHODS:
+                self._local.unregister_rpc_method(method)
+
+    async def _handle(self, method: str, data: rtc.RpcInvocationData) -> str:
+        agent_session = self._sessions.get(data.caller_identity)
+        if agent_session is None:
+            raise rtc.RpcError(
+                rtc.RpcError.ErrorCode.APPLICATION_ERROR,
+                "no push-to-talk session for this participant",
+            )
+        self.calls[method] = self.calls.get(method, 0) + 1
+        if method == RPC_START_TURN:
+            agent_session.interrupt()
+            agent_session.clear_user_turn()
+            agent_session.input.set_audio_enabled(True)
+        elif method == RPC_END_TURN:
+            agent_session.input.set_audio_enabled(False)
+            agent_session.commit_user_turn()
+        else:
+            agent_session.input.set_audio_enabled(False)
+            agent_session.clear_user_turn()
+        return json.dumps({"ok": True, "method": method})
+
+
+TextHandler = Callable[[str], Coroutine[Any, Any, None]]
+
+
+class ChatRouter:
+    """Routes the room's chat text streams (topic ``lk.chat``) to the sender's pipeline.
+
+    livekit's room input registers one chat handler per room, so with several participants
+    only the first one's text would be heard; this router registers once and dispatches by
+    the sender's identity instead.
+    """
+
+    def __init__(self, room: Any, log: ContextLogger) -> None:
+        self._room = room
+        self._log = log
+        self._handlers: dict[str, TextHandler] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._registered = False
+
+    def add(self, identity: str, handler: TextHandler) -> None:
+        if not self._registered:
+            self._room.register_text_stream_handler(TOPIC_CHAT, self._on_stream)
+            self._registered = True
+        self._handlers[identity] = handler
+
+    def remove(self, identity: str, handler: TextHandler) -> None:
+        if self._handlers.get(identity) == handler:
+            del self._handlers[identity]
+
+    async def aclose(self) -> None:
+        """Unregister and stop reading; safe to call twice."""
+        self._handlers.clear()
+        if self._registered:
+            self._registered = False
+            self._room.unregister_text_stream_handler(TOPIC_CHAT)
+        await aio.cancel_and_wait(*self._tasks)
+
+    def _on_stream(self, reader: rtc.TextStreamReader, participant_identity: str) -> None:
+        handler = self._handlers.get(participant_identity)
+        if handler is None:
+            self._log.debug("chat text from a participant without a session ignored")
+            return
+        task = asyncio.create_task(self._read(reader, handler, participant_identity))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, reader: rtc.TextStreamReader, handler: TextHandler, who: str) -> None:
+        try:
+            text = await reader.read_all()
+            if len(text) > MAX_CHAT_TEXT:
+                self._log.warning(
+                    "chat text too long, ignored", extra={"participant": who, "chars": len(text)}
+                )
+                return
+            if text.strip():
+                await handler(text)
+        except Exception as exc:
+            self._log.warning(
+                "failed to handle chat text", extra={"participant": who}, exc_info=exc
+            )

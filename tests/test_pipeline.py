@@ -1,0 +1,305 @@
+"""The real pipeline end to end, offline: espeak-ng speech in real time through the bundled
+VAD, livekit's deepgram and openai plugins talking to loopback peers, and the agent's audio
+captured at livekit's audio output seam."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from livekit import rtc
+from livekit.agents import inference
+from livekit.agents.utils import http_context
+
+from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.config import Settings, load_settings
+from clara_voice.pipeline import LiveKitPipelineFactory
+from clara_voice.sessions import ParticipantSession
+from clara_voice.turns import RPC_END_TURN, RPC_START_TURN, SESSION_TYPE_ATTRIBUTE
+
+from .audio import energy, load_frames, speech_wav
+from .conftest import other_tasks
+from .fakes import FakeRoom, make_participant
+from .loopback_providers import LoopbackDeepgram, LoopbackOpenAI
+from .pipeline_kit import SeamMedia
+
+TURN_TIMEOUT = 20.0
+
+
+async def until(predicate: Callable[[], object], *, timeout: float, what: str) -> None:
+    """Wait (bounded) for a condition the pipeline reaches asynchronously."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def spoken(server: LoopbackOpenAI) -> str:
+    """Everything the TTS was asked to say (livekit sends it sentence by sentence)."""
+    return " ".join(str(request["input"]) for request in server.speech_requests)
+
+
+def user_texts(request: dict[str, Any]) -> list[str]:
+    return [str(m["content"]) for m in request["messages"] if m["role"] == "user"]
+
+
+@dataclass
+class Harness:
+    agent: ClaraVoiceAgent
+    room: FakeRoom
+    media: SeamMedia
+    openai: LoopbackOpenAI
+    deepgram: LoopbackDeepgram
+    settings: Settings
+
+    async def join(self, identity: str, session_type: str | None = None) -> ParticipantSession:
+        attributes = {SESSION_TYPE_ATTRIBUTE: session_type} if session_type else {}
+        participant = make_participant(identity, attributes=attributes)
+        self.room.remote_participants[identity] = participant
+        session = await self.agent.on_participant_joined(participant)
+        assert session is not None, f"{identity} got no session"
+        return session
+
+    def speak(self, identity: str, text: str) -> Any:
+        mic = self.media[identity].mic
+        assert mic is not None
+        return mic.say(load_frames(speech_wav(text)))
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[LoopbackOpenAI]:
+    async with LoopbackOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+async def deepgram_server() -> AsyncIterator[LoopbackDeepgram]:
+    async with LoopbackDeepgram() as server:
+        yield server
+
+
+@pytest.fixture
+async def harness(
+    room: FakeRoom,
+    tmp_path: Any,
+    openai_server: LoopbackOpenAI,
+    deepgram_server: LoopbackDeepgram,
+) -> AsyncIterator[Harness]:
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        stt_base_url=deepgram_server.base_url,
+        llm_base_url=openai_server.base_url,
+        tts_base_url=openai_server.base_url,
+        provider_max_retry=0,
+        provider_retry_interval=0.0,
+        provider_timeout=5.0,
+    )
+    http_context._new_session_ctx()  # what livekit's job runner provides to plugins
+    media = SeamMedia()
+    vad = inference.VAD(
+        min_silence_duration=settings.vad_min_silence_duration,
+        activation_threshold=settings.vad_activation_threshold,
+    )
+    factory = LiveKitPipelineFactory(settings, vad=vad, media=media)
+    agent = ClaraVoiceAgent(room, settings, pipeline=factory)
+    await agent.start()
+    try:
+        yield Harness(agent, room, media, openai_server, deepgram_server, settings)
+    finally:
+        await agent.aclose()
+        await http_context._close_http_ctx()
+
+
+async def test_a_spoken_question_is_transcribed_answered_and_measured(harness: Harness) -> None:
+    harness.deepgram.transcripts = ["what is the weather like today"]
+    harness.openai.replies = ["It is sunny and warm today."]
+    session = await harness.join("alice")
+    assert session.session_type == "voice-vad"
+    speaker = harness.media["alice"].speaker
+    assert speaker is not None
+
+    harness.speak("alice", "What is the weather like today?")
+    reply = await speaker.next_segment(timeout=TURN_TIMEOUT)
+    await reply.wait_finished(timeout=TURN_TIMEOUT)
+    await until(lambda: session.turns, timeout=5, what="the turn to be recorded")
+
+    (request,) = harness.openai.chat_requests
+    assert user_texts(request) == ["what is the weather like today"]
+    assert request["messages"][0]["role"] == "system"
+    assert "Clara" in str(request["messages"][0]["content"])
+    assert harness.openai.speech_requests[-1]["input"] == "It is sunny and warm today."
+    assert energy(reply.frames) > 0.01  # the reply's audio came out, not silence
+    assert session.message_count == 2
+    turn = session.turns[-1]
+    assert turn.user_text == "what is the weather like today"
+    assert turn.reply_text == "It is sunny and warm today."
+    for figure in ("end_of_turn_delay", "transcription_delay", "llm_ttft", "tts_ttfb"):
+        assert getattr(turn, figure) is not None, figure
+        assert getattr(turn, figure) >= 0, figure
+    assert turn.e2e_latency is not None
+    assert turn.e2e_latency > 0
+    assert harness.agent.metrics.audio_latency == pytest.approx(turn.e2e_latency)
+    assert harness.agent.metrics.processing_time > 0
+    assert harness.agent.error_count == 0
+
+
+async def test_a_failed_llm_turn_is_apologised_for_and_the_next_turn_works(
+    harness: Harness,
+) -> None:
+    harness.deepgram.transcripts = ["first question", "second question"]
+    harness.openai.replies = ["Here is the second answer."]
+    harness.openai.fail("chat", "status_500")
+    session = await harness.join("alice")
+    speaker = harness.media["alice"].speaker
+    assert speaker is not None
+
+    harness.speak("alice", "Tell me something.")
+    apology = await speaker.next_segment(timeout=TURN_TIMEOUT)
+    await apology.wait_finished(timeout=TURN_TIMEOUT)
+    assert spoken(harness.openai) == harness.settings.apology
+    assert harness.agent.error_count == 1
+
+    harness.speak("alice", "Tell me something else.")
+    answer = await speaker.next_segment(timeout=TURN_TIMEOUT)
+    await answer.wait_finished(timeout=TURN_TIMEOUT)
+    assert spoken(harness.openai).endswith(" Here is the second answer.")
+    assert harness.openai.outcomes("chat")[0] != "ok"
+    assert harness.agent.error_count == 1
+    assert session.connection_state == "connected"
+
+
+async def test_a_dropped_tts_connection_still_gets_a_spoken_apology(harness: Harness) -> None:
+    harness.deepgram.transcripts = ["first question", "second question"]
+    harness.openai.replies = ["First answer.", "Second answer."]
+    harness.openai.fail("speech", "drop")
+    await harness.join("alice")
+    speaker = harness.media["alice"].speaker
+    assert speaker is not None
+
+    harness.speak("alice", "Tell me something.")
+    cut = await speaker.next_segment(timeout=TURN_TIMEOUT)  # what came before the drop
+    await cut.wait_finished(timeout=TURN_TIMEOUT)
+    apology = await speaker.next_segment(timeout=TURN_TIMEOUT)
+    await apology.wait_finished(timeout=TURN_TIMEOUT)
+    assert cut.duration < 0.5
+    assert energy(apology.frames) > 0.01  # the bundled clip, the TTS being down
+    assert apology.duration > 3.0
+    assert harness.openai.speech_requests[-1]["input"] == "First answer."  # no TTS apology
+    assert harness.agent.error_count == 1
+
+    harness.speak("alice", "Tell me something else.")
+    answer = await speaker.next_segment(timeout=TURN_TIMEOUT)
+    await answer.wait_finished(timeout=TURN_TIMEOUT)
+    assert harness.openai.speech_requests[-1]["input"] == "Second answer."
+    assert energy(answer.frames) > 0.01
+
+
+async def test_push_to_talk_turns_start_and_end_only_by_the_participants_rpc(
+    harness: Harness,
+) -> None:
+    harness.deepgram.transcripts = ["this one was asked for"]
+    harness.openai.replies = ["Push to talk answer."]
+    session = await harness.join("alice", "voice-ptt")
+    await harness.join("bob")
+    assert session.session_type == "voice-ptt"
+    local = harness.room.local_participant
+    speaker = harness.media["alice"].speaker
+    assert speaker is not None
+
+    # speech without a turn is not listened to
+    unheard = harness.speak("alice", "Nobody asked me to listen.")
+    await unheard.wait_sent(timeout=TURN_TIMEOUT)
+
+    # another participant cannot drive alice's turns
+    with pytest.raises(rtc.RpcError):
+        await local.call_rpc("bob", RPC_START_TURN)
+
+    await local.call_rpc("alice", RPC_START_TURN)
+    asked = harness.speak("alice", "This one was asked for.")
+    await asked.wait_sent(timeout=TURN_TIMEOUT)
+    await local.call_rpc("alice", RPC_END_TURN)
+    answer = await speaker.next_segment(timeout=TURN_TIMEOUT)
+    await answer.wait_finished(timeout=TURN_TIMEOUT)
+
+    (request,) = harness.openai.chat_requests
+    assert user_texts(request) == ["this one was asked for"]
+    assert harness.openai.speech_requests[-1]["input"] == "Push to talk answer."
+
+
+async def test_text_sessions_answer_text_with_text(harness: Harness) -> None:
+    harness.openai.replies = ["A written answer."]
+    session = await harness.join("carol", "text")
+    assert session.session_type == "text"
+    media = harness.media["carol"]
+    assert media.mic is None
+    assert media.speaker is None
+
+    harness.room.send_text("carol", "Hello, can you read me?")
+    reply = await media.text.next_reply(timeout=TURN_TIMEOUT)
+
+    assert reply == "A written answer."
+    (request,) = harness.openai.chat_requests
+    assert user_texts(request) == ["Hello, can you read me?"]
+    assert harness.openai.speech_requests == []
+    await until(lambda: session.message_count == 2, timeout=5, what="both messages counted")
+
+
+async def test_a_failed_text_turn_is_apologised_for_in_text(harness: Harness) -> None:
+    harness.openai.fail("chat", "status_500")
+    await harness.join("carol", "text")
+    text = harness.media["carol"].text
+
+    harness.room.send_text("carol", "Are you there?")
+    assert await text.next_reply(timeout=TURN_TIMEOUT) == harness.settings.apology
+    assert harness.agent.error_count == 1
+
+    harness.room.send_text("carol", "Are you there now?")
+    assert await text.next_reply(timeout=TURN_TIMEOUT) == harness.openai.default_reply
+
+
+async def test_an_unknown_session_type_falls_back_to_the_default(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = await harness.join("dave", "video-call")
+    assert session.session_type == harness.settings.default_session_type
+    assert any(r.getMessage().startswith("unknown session type") for r in caplog.records)
+
+
+async def test_each_participant_has_its_own_conversation(harness: Harness) -> None:
+    harness.openai.replies = lambda body: f"Answer to {user_texts(body)[-1]}."
+    await harness.join("alice", "text")
+    await harness.join("bob", "text")
+    alice, bob = harness.media["alice"].text, harness.media["bob"].text
+
+    harness.room.send_text("alice", "alice question")
+    harness.room.send_text("bob", "bob question")
+    assert await alice.next_reply(timeout=TURN_TIMEOUT) == "Answer to alice question."
+    assert await bob.next_reply(timeout=TURN_TIMEOUT) == "Answer to bob question."
+    for request in harness.openai.chat_requests:
+        assert len(user_texts(request)) == 1
+
+
+async def test_closing_a_session_is_prompt_and_leaves_nothing_behind(
+    room: FakeRoom, harness: Harness
+) -> None:
+    baseline = other_tasks()
+    session = await harness.join("alice")
+    await harness.join("carol", "text")
+    speaker = harness.media["alice"].speaker
+    assert speaker is not None
+    harness.speak("alice", "Say something long please.")
+    await speaker.next_segment(timeout=TURN_TIMEOUT)  # close while the agent is speaking
+
+    async with asyncio.timeout(2.0):  # no multi-second wait for missing playback events
+        await harness.agent.cleanup_session(session.session_id)
+    assert session.connection_state == "closed"
+
+    await harness.agent.aclose()
+    assert harness.room.local_participant.rpc_handlers == {}
+    assert harness.room.text_stream_handlers == {}
+    await until(lambda: other_tasks() <= baseline, timeout=2, what="the pipeline's tasks to end")
