@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,8 +22,6 @@ from .fakes import FakePipelineFactory, FakeRoom
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No developer .env or exported variable leaks into a test."""
-    import os
-
     for name in list(os.environ):
         if name.startswith(("CLARA_", "LIVEKIT_")):
             monkeypatch.delenv(name)
@@ -50,6 +51,25 @@ async def agent(
     await agent.start()
     yield agent
     await agent.aclose()
+
+
+def start_clara(cwd: Path, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """``python -m clara_voice start`` with only ``env`` set among our and the providers'
+    variables (``None`` removes one); for runs that stop at start."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CLARA_", "LIVEKIT_", "OPENAI_", "DEEPGRAM_"))
+    }
+    clean |= {k: v for k, v in env.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, "-m", "clara_voice", "start"],
+        cwd=cwd,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def other_tasks() -> set[asyncio.Task[object]]:

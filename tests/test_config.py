@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from clara_voice.config import Settings, SettingsError, load_settings
+
+from .conftest import start_clara
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,16 +81,7 @@ def test_an_empty_secret_is_refused_without_echoing_it(monkeypatch: pytest.Monke
 
 
 def test_the_service_stops_at_start_with_one_line_per_bad_variable(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLARA_", "LIVEKIT_"))}
-    env |= {"CLARA_HEALTH_CHECK_INTERVAL": "soon", "LIVEKIT_URL": "localhost"}
-    result = subprocess.run(
-        [sys.executable, "-m", "clara_voice", "start"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = start_clara(tmp_path, CLARA_HEALTH_CHECK_INTERVAL="soon", LIVEKIT_URL="localhost")
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -111,3 +101,9 @@ def test_env_example_lists_every_variable_with_a_comment() -> None:
         comment = lines[index - 1] if index else ""
         assert comment.startswith("# "), name
         assert not re.match(r"^#\s*[A-Z][A-Z0-9_]+=", comment), name
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = (REPO / "README.md").read_text()
+    for field in Settings.model_fields:
+        assert f"| `{Settings.env_name(field)}` |" in readme, Settings.env_name(field)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from typing import Any
 
 import aiohttp
 import pytest
@@ -147,3 +148,32 @@ def test_the_give_up_traceback_is_replaced_by_the_workers_own_line(settings: Set
             sys.exc_info(),
         )
     assert not watch.filter(record)
+
+
+async def test_a_room_job_gets_the_real_pipeline_with_the_process_vad(settings: Settings) -> None:
+    from livekit.agents.utils import http_context
+
+    from clara_voice.pipeline import LiveKitPipelineFactory
+    from clara_voice.worker import build_pipeline_factory
+
+    proc = JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)
+    prewarm(proc, settings=settings)
+    http_context._new_session_ctx()
+    try:
+        factory = build_pipeline_factory(settings, proc)
+        assert isinstance(factory, LiveKitPipelineFactory)
+        await factory.aclose()
+        await factory.aclose()
+    finally:
+        await http_context._close_http_ctx()
+
+
+def test_prewarm_loads_the_end_of_turn_model_only_when_it_is_used(tmp_path: Any) -> None:
+    from clara_voice.config import load_settings
+    from clara_voice.worker import EOT_USERDATA_KEY
+
+    proc = JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)
+    prewarm(proc, settings=load_settings(turn_detection="vad"))
+    assert EOT_USERDATA_KEY not in proc.userdata
+    prewarm(proc, settings=load_settings(turn_detection="eot"))
+    assert proc.userdata[EOT_USERDATA_KEY].model == "turn-detector-v1-mini"

@@ -137,7 +137,7 @@ class LiveKitPipelineFactory:
     ) -> None:
         self._settings = settings
         self._vad = vad
-        self._providers = providers or build_providers(settings)
+        self._providers = providers or build_providers(settings, vad=vad)
         self._media = media or RoomMedia()
         self._turn_detector = turn_detector or _bundled_turn_detector
         self._push_to_talk: PushToTalk | None = None

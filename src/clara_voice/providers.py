@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai as openai_sdk
-from livekit.agents import APIConnectOptions, llm, stt, tts
+from livekit.agents import APIConnectOptions, llm, stt, tts, vad
 from livekit.agents.types import NOT_GIVEN
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import deepgram, openai
@@ -27,22 +27,35 @@ _NO_KEY = "no-key"
 _DEFAULT_STT_MODEL = {"deepgram": "nova-3", "openai": "gpt-4o-mini-transcribe"}
 
 
+AnySTT = stt.STT[Any]
+AnyLLM = llm.LLM[Any]
+AnyTTS = tts.TTS[Any]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Providers:
     """The provider instances of one room's pipelines (shared by its participants)."""
 
-    stt: stt.STT[Any]
-    llm: llm.LLM[Any]
-    tts: tts.TTS[Any]
+    stt: AnySTT
+    llm: AnyLLM
+    tts: AnyTTS
+    members: tuple[AnySTT | AnyLLM | AnyTTS, ...] = ()
+    """The instances behind FallbackAdapters (which do not close what they wrap)."""
     clients: tuple[openai_sdk.AsyncClient, ...] = ()
     """HTTP clients we created for plugins that do not close their own."""
 
     async def aclose(self) -> None:
-        await self.stt.aclose()
-        await self.llm.aclose()
-        await self.tts.aclose()
-        for client in self.clients:
-            await client.close()
+        """Close everything, even when one close fails; the first failure is raised."""
+        failures: list[BaseException] = []
+        closers = [p.aclose for p in (self.stt, self.llm, self.tts, *self.members)]
+        closers += [client.close for client in self.clients]
+        for close in closers:
+            try:
+                await close()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
 
 
 def connect_options(settings: Settings) -> SessionConnectOptions:
@@ -57,8 +70,12 @@ def connect_options(settings: Settings) -> SessionConnectOptions:
     )
 
 
-def build_providers(settings: Settings) -> Providers:
-    """STT, LLM and TTS as configured, each wrapped in a FallbackAdapter when it has fallbacks."""
+def build_providers(settings: Settings, *, vad: vad.VAD | None = None) -> Providers:
+    """STT, LLM and TTS as configured, each wrapped in a FallbackAdapter when it has fallbacks.
+
+    ``vad`` lets a chain that mixes streaming and non-streaming STTs segment speech for the
+    non-streaming ones (livekit's StreamAdapter).
+    """
     clients: list[openai_sdk.AsyncClient] = []
     stts = [build_stt(spec, settings, clients) for spec in settings.stt_chain()]
     llms = [build_llm(spec, settings) for spec in settings.llm_chain()]
@@ -68,7 +85,7 @@ def build_providers(settings: Settings) -> Providers:
         stt=stts[0]
         if len(stts) == 1
         else stt.FallbackAdapter(
-            stts, attempt_timeout=settings.provider_timeout, max_retry_per_stt=retry
+            stts, vad=vad, attempt_timeout=settings.provider_timeout, max_retry_per_stt=retry
         ),
         llm=llms[0]
         if len(llms) == 1
@@ -76,6 +93,7 @@ def build_providers(settings: Settings) -> Providers:
             llms, attempt_timeout=settings.provider_timeout, max_retry_per_llm=retry
         ),
         tts=ttss[0] if len(ttss) == 1 else tts.FallbackAdapter(ttss, max_retry_per_tts=retry),
+        members=tuple(p for chain in (stts, llms, ttss) if len(chain) > 1 for p in chain),
         clients=tuple(clients),
     )
 
