@@ -77,10 +77,14 @@ def other_tasks() -> set[asyncio.Task[object]]:
     return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
 
 
+_EVENT_WORK = ("clara.join.", "clara.leave.", "clara.cleanup.", "clara.pipeline_start.")
+
+
 async def settle(*, timeout: float = 2.0) -> None:
-    """Wait until the tasks spawned for room events (and what they await) have finished."""
+    """Wait until the work the agent spawned for room events has finished (long-lived tasks
+    such as the outbox writer keep running)."""
     async with asyncio.timeout(timeout):
-        while pending := other_tasks():
+        while pending := {t for t in other_tasks() if t.get_name().startswith(_EVENT_WORK)}:
             await asyncio.wait(pending)
 
 

@@ -14,15 +14,19 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Coroutine, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from livekit import rtc
 from livekit.agents.utils import aio
 
 from .config import Settings
+from .conversation import HistoryMessage, ParticipantState, RoomContext, parse_room_metadata
 from .logging import get_logger
 from .metrics import PerformanceMetrics
-from .persistence import Backend
+from .persistence import Backend, StoredMessage
+from .persistence.recorder import ConversationRecorder
 from .pipeline import PipelineFactory
 from .sessions import (
     ConnectionState,
@@ -35,6 +39,8 @@ from .sessions import (
 CONNECT_FAILED_MESSAGE = (
     "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."
 )
+
+MAX_PARTICIPANT_METADATA = 4096
 
 # participants that are people (a browser or app, a phone call, a messaging connector);
 # agents, egress recorders, ingress streams and bridges get no session
@@ -71,8 +77,22 @@ class ClaraVoiceAgent:
         self._room = room
         self._settings = settings
         self._pipeline = pipeline
-        self._backend = backend
         self._log = get_logger("clara_voice.agent", **(log_context or {}))
+        self.context = RoomContext(conversation_id="")
+        self.participants: dict[str, ParticipantState] = {}
+        self.earlier_messages: list[StoredMessage] = []
+        self._recorder = (
+            None
+            if backend is None
+            else ConversationRecorder(
+                backend,
+                directory=settings.data_dir,
+                log=self._log,
+                flush_timeout=settings.outbox_flush_timeout,
+                retry_max=settings.outbox_retry_max,
+                on_error=self._count_error,
+            )
+        )
         self._session_by_identity: dict[str, str] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -86,11 +106,30 @@ class ClaraVoiceAgent:
     def error_count(self) -> int:
         return self.metrics.error_count
 
+    @property
+    def recorder(self) -> ConversationRecorder | None:
+        return self._recorder
+
     async def start(self) -> None:
-        """Follow the room's participants; those already in the room get sessions now."""
+        """Read the room's context, open persistence, then follow the room's participants;
+        those already in the room get sessions now."""
         if self._started or self._closed:
             return
         self._started = True
+        self.context = parse_room_metadata(self._room.metadata, self._log)
+        self._room.on("room_metadata_changed", self._on_room_metadata_changed)
+        if self._recorder is not None:
+            self.earlier_messages = await self._recorder.start(
+                room=self._room.name, context=self.context, history=self._settings.history_messages
+            )
+        self._log.info(
+            "conversation context",
+            extra={
+                "conversation_id": self.conversation_id,
+                "user_id": self.context.user_id,
+                "earlier_messages": len(self.earlier_messages),
+            },
+        )
         self._room.on("participant_connected", self._on_participant_connected)
         self._room.on("participant_disconnected", self._on_participant_disconnected)
         for participant in list(self._room.remote_participants.values()):
@@ -105,6 +144,7 @@ class ClaraVoiceAgent:
         if self._started:
             self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_disconnected", self._on_participant_disconnected)
+            self._room.off("room_metadata_changed", self._on_room_metadata_changed)
         failures: list[BaseException] = []
         for session_id in list(self.sessions):
             try:
@@ -116,9 +156,9 @@ class ClaraVoiceAgent:
             await self._pipeline.aclose()
         except Exception as exc:
             failures.append(exc)
-        if self._backend is not None:
+        if self._recorder is not None:
             try:
-                await self._backend.aclose()
+                await self._recorder.aclose()
             except Exception as exc:
                 failures.append(exc)
         for failure in failures:
@@ -153,9 +193,11 @@ class ClaraVoiceAgent:
             participant_sid=participant.sid,
             log=log,
         )
+        session.earlier_messages = list(self.earlier_messages)
         self.sessions[session_id] = session
         self._session_by_identity[identity] = session_id
         log.info("participant joined")
+        self._participant_joined(participant)
 
         session.start_task = asyncio.create_task(
             self._pipeline.start(
@@ -202,6 +244,7 @@ class ClaraVoiceAgent:
             return  # a stale leave of an earlier connection of this identity
         reason = disconnect_reason_name(participant)
         session.log.info("participant left", extra={"reason": reason})
+        self._participant_left(participant.identity)
         await self.cleanup_session(session_id, reason=f"participant left ({reason})")
 
     async def cleanup_session(self, session_id: str, *, reason: str = "cleanup") -> bool:
@@ -220,6 +263,8 @@ class ClaraVoiceAgent:
             session.log.error("failed to close the session's pipeline", exc_info=exc)
         finally:
             self.transition(session, "closed", reason=reason)
+        if self._recorder is not None:
+            self._recorder.session_summary(session, list(self.participants.values()))
         session.log.info(
             "session closed",
             extra={
@@ -251,8 +296,11 @@ class ClaraVoiceAgent:
 
     # -- what the pipelines report (PipelineObserver) ---------------------------------------
 
-    def on_message(self, session: ParticipantSession) -> None:
-        """A user or assistant message was added to the session's conversation."""
+    def on_message(self, session: ParticipantSession, message: HistoryMessage) -> None:
+        """A user or assistant message was added: kept in memory, persisted off the loop."""
+        if self._recorder is not None:
+            self._recorder.message(session, message)
+        session.history.append(message)
 
     def on_turn(self, session: ParticipantSession, turn: TurnMetrics) -> None:
         session.turns.append(turn)
@@ -286,6 +334,47 @@ class ClaraVoiceAgent:
             self.cleanup_session(session.session_id, reason="pipeline closed"),
             f"cleanup.{session.participant_id}",
         )
+
+    # -- conversation state (seed 004) -------------------------------------------------------
+
+    @property
+    def conversation_id(self) -> str:
+        if self._recorder is not None and self._recorder.conversation_id:
+            return self._recorder.conversation_id
+        return self.context.conversation_id
+
+    def _participant_joined(self, participant: rtc.RemoteParticipant) -> None:
+        state = ParticipantState(
+            identity=participant.identity,
+            joined_at=datetime.now(UTC),
+            metadata=participant.metadata[:MAX_PARTICIPANT_METADATA],
+        )
+        self.participants[participant.identity] = state
+        if self._recorder is not None:
+            self._recorder.participant_event(state, "connected")
+
+    def _participant_left(self, identity: str) -> None:
+        if (state := self.participants.get(identity)) is None:
+            return
+        state.left_at = datetime.now(UTC)
+        if self._recorder is not None:
+            self._recorder.participant_event(state, "disconnected")
+
+    def _on_room_metadata_changed(self, old: str, new: str) -> None:
+        context = parse_room_metadata(new, self._log)
+        if context.known and context.conversation_id != self.conversation_id:
+            self._log.info(
+                "room metadata names another conversation",
+                extra={"from": self.conversation_id, "to": context.conversation_id},
+            )
+            if self._recorder is not None:
+                self._recorder.conversation_id = context.conversation_id
+        elif not context.known:
+            context = replace(context, conversation_id=self.conversation_id)
+        self.context = context
+
+    def _count_error(self) -> None:
+        self.metrics.error_count += 1
 
     # -- room event handlers (synchronous: they hand the work to owned tasks) -------------
 

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CLARA_"
@@ -155,6 +163,33 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path("./data"), description="Where the embedded store and outbox live."
     )
+    backend: Literal["sqlite", "http"] = Field(
+        default="sqlite",
+        description="Where conversations are stored: `sqlite` (`<data dir>/clara.db`) or `http` "
+        "(a team's own backend, see docs/backend-api.md).",
+    )
+    backend_url: str | None = Field(
+        default=None, description="Base URL of the HTTP backend (with `CLARA_BACKEND=http`)."
+    )
+    backend_token: SecretStr | None = Field(
+        default=None, description="Bearer token sent to the HTTP backend."
+    )
+    backend_timeout: PositiveSeconds = Field(
+        default=5.0, description="Seconds before an HTTP backend request counts as failed."
+    )
+    history_messages: int = Field(
+        default=20,
+        ge=0,
+        description="Messages of a known conversation loaded as context when a job starts.",
+    )
+    outbox_flush_timeout: PositiveSeconds = Field(
+        default=5.0,
+        description="Seconds a closing job spends delivering queued records; the rest waits "
+        "in the outbox for the next process.",
+    )
+    outbox_retry_max: PositiveSeconds = Field(
+        default=30.0, description="Longest pause between delivery attempts to a failing backend."
+    )
 
     # -- conversation -----------------------------------------------------------------------
     instructions: str = Field(
@@ -268,6 +303,18 @@ class Settings(BaseSettings):
             raise ValueError("must be a ws://, wss://, http:// or https:// URL with a host")
         return value
 
+    @field_validator("backend_url")
+    @classmethod
+    def _check_backend_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parsed.username or parsed.password or parsed.query or parsed.fragment:
+            raise ValueError("must not carry credentials, a query or a fragment")
+        return value.rstrip("/")
+
     @field_validator("livekit_api_secret")
     @classmethod
     def _check_secret(cls, value: SecretStr) -> SecretStr:
@@ -307,6 +354,12 @@ class Settings(BaseSettings):
         )
         return [primary, *self.tts_fallbacks]
 
+    @model_validator(mode="after")
+    def _check_backend(self) -> Settings:
+        if self.backend == "http" and not self.backend_url:
+            raise ValueError("CLARA_BACKEND=http needs CLARA_BACKEND_URL")
+        return self
+
     @classmethod
     def env_name(cls, field: str) -> str:
         """The environment variable that sets ``field``."""
@@ -338,7 +391,10 @@ def _describe(exc: ValidationError) -> list[str]:
     env_for_loc.update({env: env for env in env_for_loc.values()})
     problems = []
     for error in exc.errors(include_url=False):
-        key = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a check across settings: its message names the variables
+            problems.append(f"invalid settings: {error['msg'].removeprefix('Value error, ')}")
+            continue
+        key = str(error["loc"][0])
         variable = env_for_loc.get(key, key.upper())
         variable += "".join(
             f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:]

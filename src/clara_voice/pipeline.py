@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import wave
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from livekit.agents.voice.events import ConversationItemAddedEvent, ErrorEvent
 
 from .assistant import ClaraAssistant
 from .config import SessionType, Settings
+from .conversation import HistoryMessage
 from .providers import Providers, build_providers, connect_options
 from .turns import ChatRouter, PushToTalk, resolve_session_type, turn_handling
 
@@ -55,7 +57,7 @@ class VoicePipeline(Protocol):
 class PipelineObserver(Protocol):
     """What a pipeline reports to its ClaraVoiceAgent."""
 
-    def on_message(self, session: ParticipantSession) -> None: ...
+    def on_message(self, session: ParticipantSession, message: HistoryMessage) -> None: ...
 
     def on_turn(self, session: ParticipantSession, turn: TurnMetrics) -> None: ...
 
@@ -180,7 +182,7 @@ class LiveKitPipelineFactory:
         try:
             await self._media.start(
                 agent_session,
-                ClaraAssistant(instructions=settings.instructions),
+                ClaraAssistant(instructions=settings.instructions, chat_ctx=_chat_context(session)),
                 room=room,
                 participant=participant,
                 session_type=session.session_type,
@@ -275,7 +277,7 @@ class LiveKitPipeline:
         if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
             return
         self._session.message_count += 1
-        self._observer.on_message(self._session)
+        self._observer.on_message(self._session, _history_message(item))
         if item.role == "user":
             self._pending_user = item
             return
@@ -306,6 +308,30 @@ class LiveKitPipeline:
                 self.agent_session.say(self._apology, add_to_chat_ctx=False)
         except RuntimeError as exc:  # the session is closing
             self._session.log.warning("could not apologize", exc_info=exc)
+
+
+def _history_message(item: llm.ChatMessage) -> HistoryMessage:
+    figures = {
+        k: float(v)
+        for k, v in item.metrics.items()
+        if isinstance(v, int | float) and math.isfinite(v)
+    }
+    return HistoryMessage(
+        role="user" if item.role == "user" else "assistant",
+        text=item.text_content or "",
+        at=datetime.fromtimestamp(item.created_at, UTC),
+        metrics=figures,
+    )
+
+
+def _chat_context(session: ParticipantSession) -> llm.ChatContext | None:
+    """The earlier messages of the conversation, for the LLM to continue from."""
+    if not session.earlier_messages:
+        return None
+    ctx = llm.ChatContext()
+    for message in session.earlier_messages:
+        ctx.add_message(role=message.role, content=message.text)
+    return ctx
 
 
 def _turn_metrics(user: llm.ChatMessage | None, reply: llm.ChatMessage) -> TurnMetrics:

@@ -23,6 +23,8 @@ from .config import SessionType
 from .logging import ContextLogger
 
 if TYPE_CHECKING:
+    from .conversation import HistoryMessage
+    from .persistence import StoredMessage
     from .pipeline import VoicePipeline
 
 ConnectionState = Literal["connecting", "connected", "reconnecting", "error", "closed"]
@@ -95,6 +97,10 @@ class ParticipantSession:
     session_type: SessionType = "voice-vad"
     turns: deque[TurnMetrics] = field(default_factory=lambda: deque(maxlen=100), repr=False)
     """The most recent completed turns (newest last)."""
+    history: list[HistoryMessage] = field(default_factory=list, repr=False)
+    """Every user and assistant message of this session, in order."""
+    earlier_messages: list[StoredMessage] = field(default_factory=list, repr=False)
+    """Messages of earlier sessions of the conversation, given to the LLM as context."""
 
     log: ContextLogger = field(repr=False)
     pipeline: VoicePipeline | None = field(default=None, repr=False)

@@ -26,6 +26,9 @@ from livekit.agents.cli import AgentsConsole
 from .agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from .config import Settings
 from .logging import RenderFormat, configure_logging, get_logger
+from .persistence import Backend
+from .persistence.http import HttpBackend
+from .persistence.sqlite import DB_FILENAME, SQLiteBackend
 from .pipeline import LiveKitPipelineFactory, PipelineFactory
 
 log = get_logger("clara_voice.worker")
@@ -192,6 +195,7 @@ async def entrypoint(
         ctx.room,
         settings,
         pipeline=(pipeline_factory or build_pipeline_factory)(settings, ctx.proc),
+        backend=build_backend(settings),
         log_context={"job_id": ctx.job.id, "room": ctx.job.room.name},
     )
     ctx.add_shutdown_callback(agent.aclose)
@@ -205,6 +209,16 @@ async def entrypoint(
         ctx.shutdown(reason="room connection failed")
         return
     await agent.start()
+
+
+def build_backend(settings: Settings) -> Backend:
+    """The conversation store: the embedded SQLite file or a team's backend over HTTP."""
+    if settings.backend == "http":
+        assert settings.backend_url is not None  # Settings refuses http without a URL
+        return HttpBackend(
+            settings.backend_url, token=settings.backend_token, timeout=settings.backend_timeout
+        )
+    return SQLiteBackend(settings.data_dir / DB_FILENAME)
 
 
 def build_pipeline_factory(settings: Settings, proc: JobProcess) -> PipelineFactory:

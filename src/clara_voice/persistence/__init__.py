@@ -1,18 +1,12 @@
 """Persistence: where conversation turns and session summaries go (seed 004).
 
-The :class:`Backend` protocol is the seam ClaraVoiceAgent writes through; the SQLite and
-HTTP implementations and the durable outbox arrive with the persistence issue.
+``base.py`` defines the records and the :class:`Backend` protocol; ``outbox.py`` the
+durable outbox every write goes through; ``sqlite.py`` the embedded default store and
+``http.py`` a team's own backend over HTTP.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from .base import Backend, BackendError, OutboxRecord, RecordKind, StoredMessage
 
-
-class Backend(Protocol):
-    """A conversation store. ``aclose`` flushes and releases it; idempotent."""
-
-    async def aclose(self) -> None: ...
-
-
-__all__ = ["Backend"]
+__all__ = ["Backend", "BackendError", "OutboxRecord", "RecordKind", "StoredMessage"]

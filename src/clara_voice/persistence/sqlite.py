@@ -1,0 +1,489 @@
+"""The embedded default store: conversations in one SQLite file (seed 004).
+
+``SQLiteBackend(path)`` implements :class:`~clara_voice.persistence.base.Backend` on a local
+file, by default ``./data/clara.db`` (the caller passes ``settings.data_dir / DB_FILENAME``).
+Every job process of the worker opens the same file; SQLite's own locking serializes
+their writes (WAL mode: readers never wait for the writer).
+
+Schema (version :data:`SCHEMA_VERSION`; JSON columns are checked with ``json_valid``)::
+
+    conversations       id PK, room, created_at, updated_at (last activity)
+    messages            one turn message: record_key UNIQUE, conversation_id -> conversations,
+                        room, session_id, participant, seq, role ('user'|'assistant'),
+                        text, at, metrics JSON
+    participant_events  record_key UNIQUE, conversation_id, room, participant,
+                        event ('connected'|'disconnected'), at, metadata JSON
+    sessions            session summary: record_key UNIQUE, session_id, conversation_id,
+                        room, participant, message_count, participants JSON,
+                        messages JSON, started_at, ended_at, duration_s
+
+Times are ISO 8601 in UTC (``+00:00``), normalized on the way in so they sort as text.
+
+Migrations. ``PRAGMA user_version`` is the schema version; :data:`MIGRATIONS` is the
+ordered list of steps, step ``i`` taking a database from version ``i`` to ``i + 1``. A
+new database runs them all, an older one the missing ones, each in its own transaction
+that re-reads the version first (two processes opening an old file at once migrate it
+once). A file newer than this build is refused, never downgraded. Steps are append-only:
+a released step is never edited.
+
+Durability: WAL with ``synchronous=FULL``. The outbox deletes a record once ``deliver``
+returns, so the store's commit must be on disk by then, or a power loss would lose it.
+
+Idempotency: each row keeps its outbox ``record_key`` (UNIQUE) and is inserted with
+``ON CONFLICT (record_key) DO NOTHING``: a second delivery of a key is a success that
+stores nothing. (Not ``INSERT OR IGNORE``: that would also silently drop a row breaking a
+CHECK or NOT NULL constraint.)
+
+All I/O runs on one thread owned by the backend, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import math
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from clara_voice.logging import get_logger
+
+from .base import BackendError, OutboxRecord, StoredMessage
+
+DB_FILENAME = "clara.db"
+"""The store's file name in the data directory."""
+DEFAULT_PATH = Path("data") / DB_FILENAME
+THREAD_NAME = "clara-sqlite"
+"""Name prefix of the backend's I/O thread."""
+_BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock
+
+log = get_logger("clara_voice.persistence.sqlite")
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the first schema
+    (
+        """CREATE TABLE conversations (
+            id TEXT PRIMARY KEY,
+            room TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            record_key TEXT NOT NULL UNIQUE,
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            room TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            participant TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            text TEXT NOT NULL,
+            at TEXT NOT NULL,
+            metrics TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metrics))
+        )""",
+        "CREATE INDEX messages_by_conversation ON messages (conversation_id)",
+        """CREATE TABLE participant_events (
+            id INTEGER PRIMARY KEY,
+            record_key TEXT NOT NULL UNIQUE,
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            room TEXT NOT NULL,
+            participant TEXT NOT NULL,
+            event TEXT NOT NULL CHECK (event IN ('connected', 'disconnected')),
+            at TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT 'null' CHECK (json_valid(metadata))
+        )""",
+        """CREATE TABLE sessions (
+            id INTEGER PRIMARY KEY,
+            record_key TEXT NOT NULL UNIQUE,
+            session_id TEXT NOT NULL,
+            conversation_id TEXT NOT NULL REFERENCES conversations (id),
+            room TEXT NOT NULL,
+            participant TEXT NOT NULL,
+            message_count INTEGER NOT NULL,
+            participants TEXT NOT NULL CHECK (json_valid(participants)),
+            messages TEXT NOT NULL CHECK (json_valid(messages)),
+            started_at TEXT NOT NULL,
+            ended_at TEXT NOT NULL,
+            duration_s REAL NOT NULL
+        )""",
+        "CREATE INDEX sessions_by_conversation ON sessions (conversation_id)",
+    ),
+    # 2: conversations.updated_at (last activity, backfilled); messages indexed in the
+    #    order get_recent_messages reads them
+    (
+        "ALTER TABLE conversations ADD COLUMN updated_at TEXT",
+        """UPDATE conversations SET updated_at = coalesce(
+            (SELECT max(at) FROM messages WHERE conversation_id = conversations.id),
+            created_at)""",
+        "DROP INDEX messages_by_conversation",
+        "CREATE INDEX messages_recent ON messages (conversation_id, at, seq)",
+    ),
+)
+"""Schema steps, oldest first: step ``i`` takes the database from version ``i`` to ``i + 1``."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The version this build creates and reads."""
+
+
+class SQLiteBackend:
+    """The embedded conversation store on the SQLite file ``path`` (created if missing)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = Path(path).absolute()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
+        self._conn: sqlite3.Connection | None = None  # used only on the thread
+        self._used = False
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._path
+
+    async def start(self) -> None:
+        """Open the file and bring its schema up to date; calls open it when not started."""
+        await self._call(lambda: None)
+
+    async def agent_joined(self, *, room: str, conversation_id: str) -> str:
+        """Create or confirm the conversation row; an empty id gets a new one."""
+        if not isinstance(room, str) or not isinstance(conversation_id, str):
+            raise BackendError("room and conversation_id must be strings", retryable=False)
+        conversation = conversation_id or uuid.uuid4().hex
+        await self._call(functools.partial(self._db_touch, conversation, room, _now()))
+        return conversation
+
+    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
+        """The last ``limit`` turn messages of a conversation, oldest first."""
+        if limit <= 0:
+            return []
+        return await self._call(functools.partial(self._db_recent, conversation_id, limit))
+
+    async def deliver(self, record: OutboxRecord) -> None:
+        """Store one record; a key already stored is success. Malformed: not retryable."""
+        insert = _prepare(record)
+        await self._call(functools.partial(self._db_insert, insert))
+
+    async def aclose(self) -> None:
+        """Close the file and stop the thread; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._used:
+            self._executor.shutdown(wait=False)  # never started a thread
+            return
+        try:
+            await asyncio.shield(asyncio.wrap_future(self._executor.submit(self._db_close)))
+        finally:
+            self._executor.shutdown(wait=True)  # the last job has ended: the thread is idle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _call(self, job: Callable[[], T]) -> T:
+        if self._closed:
+            # retryable: a record an outbox still holds must not be refused for good
+            raise BackendError("the sqlite backend is closed", retryable=True)
+        self._used = True
+        future = asyncio.wrap_future(self._executor.submit(self._db_guarded, job))
+        return await asyncio.shield(future)
+
+    # -- on the thread ---------------------------------------------------------------------
+
+    def _db_guarded(self, job: Callable[[], T]) -> T:
+        # errors are translated here, at the boundary: callers see BackendError only
+        try:
+            if self._conn is None:
+                try:
+                    self._conn = _open(self._path)
+                except BackendError as exc:
+                    # the database, not the record, is at fault (a newer schema, no WAL):
+                    # retryable, so an outbox keeps its records until someone fixes it
+                    raise BackendError(str(exc), retryable=True) from exc
+            return job()
+        except BackendError:
+            raise
+        except sqlite3.IntegrityError as exc:
+            raise BackendError(f"sqlite refused the row: {exc}", retryable=False) from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise BackendError(f"sqlite: {exc}", retryable=True) from exc
+
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None
+        return self._conn
+
+    def _db_close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _db_touch(self, conversation_id: str, room: str, at: str) -> None:
+        with _transaction(self._db()):
+            _touch(self._db(), conversation_id, room, at)
+
+    def _db_insert(self, insert: _Insert) -> None:
+        conn = self._db()
+        with _transaction(conn):
+            _touch(conn, insert.conversation_id, insert.room, insert.at)
+            conn.execute(insert.sql, insert.values)
+
+    def _db_recent(self, conversation_id: str, limit: int) -> list[StoredMessage]:
+        rows = (
+            self._db()
+            .execute(
+                "SELECT role, text, at FROM messages WHERE conversation_id = ?"
+                " ORDER BY at DESC, seq DESC, id DESC LIMIT ?",
+                (conversation_id, limit),
+            )
+            .fetchall()
+        )
+        return [StoredMessage(role=role, text=text, at=at) for role, text, at in reversed(rows)]
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # private from the start; -wal/-shm copy it
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    conn = sqlite3.connect(path, isolation_level=None, timeout=_BUSY_TIMEOUT)
+    try:
+        (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if journal != "wal":
+            raise BackendError(f"{path} cannot use WAL mode ({journal})", retryable=False)
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        before = migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    if before != SCHEMA_VERSION:
+        log.info(
+            "database migrated",
+            extra={"path": str(path), "from_version": before, "version": SCHEMA_VERSION},
+        )
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the missing :data:`MIGRATIONS` to ``conn``'s database (now at
+    :data:`SCHEMA_VERSION`); returns the version it had."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise BackendError(
+            f"database schema version {version} is newer than this build's {SCHEMA_VERSION}",
+            retryable=False,
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        with _transaction(conn):
+            # re-read under the write lock: another process may have migrated meanwhile
+            (current,) = conn.execute("PRAGMA user_version").fetchone()
+            if current >= target:
+                continue
+            for statement in MIGRATIONS[target - 1]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+    return int(version)
+
+
+def _touch(conn: sqlite3.Connection, conversation_id: str, room: str, at: str) -> None:
+    conn.execute(
+        "INSERT INTO conversations (id, room, created_at, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE"
+        " SET updated_at = max(coalesce(updated_at, ''), excluded.updated_at)",
+        (conversation_id, room, at, at),
+    )
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+# -- records to rows (on the loop: pure validation, no I/O) --------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Insert:
+    sql: str
+    values: tuple[Any, ...]
+    conversation_id: str
+    room: str
+    at: str  # the conversation's last activity
+
+
+def _prepare(record: OutboxRecord) -> _Insert:
+    payload = record.payload
+    if not isinstance(payload, dict):
+        raise _malformed(record, "the payload is not a JSON object")
+    field = _Fields(record)
+    conversation_id, room = field.text("conversation_id"), field.text("room")
+    if record.kind == "turn":
+        at = field.time("at")
+        role = field.text("role")
+        if role not in ("user", "assistant"):
+            raise _malformed(record, f"role must be 'user' or 'assistant', got {role!r}")
+        return _Insert(
+            "INSERT INTO messages (record_key, conversation_id, room, session_id, participant,"
+            " seq, role, text, at, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (record_key) DO NOTHING",
+            (
+                record.key,
+                conversation_id,
+                room,
+                field.text("session_id"),
+                field.text("participant"),
+                field.integer("seq"),
+                role,
+                field.text("text", empty=True),
+                at,
+                field.json("metrics", dict, default={}),
+            ),
+            conversation_id=conversation_id,
+            room=room,
+            at=at,
+        )
+    if record.kind == "participant":
+        at = field.time("at")
+        event = field.text("event")
+        if event not in ("connected", "disconnected"):
+            raise _malformed(record, f"event must be 'connected' or 'disconnected', got {event!r}")
+        return _Insert(
+            "INSERT INTO participant_events (record_key, conversation_id, room, participant,"
+            " event, at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (record_key) DO NOTHING",
+            (
+                record.key,
+                conversation_id,
+                room,
+                field.text("participant"),
+                event,
+                at,
+                field.json("metadata", object, default=None),
+            ),
+            conversation_id=conversation_id,
+            room=room,
+            at=at,
+        )
+    if record.kind == "session":
+        ended_at = field.time("ended_at")
+        return _Insert(
+            "INSERT INTO sessions (record_key, session_id, conversation_id, room, participant,"
+            " message_count, participants, messages, started_at, ended_at, duration_s)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_key) DO NOTHING",
+            (
+                record.key,
+                field.text("session_id"),
+                conversation_id,
+                room,
+                field.text("participant"),
+                field.integer("message_count"),
+                field.json("participants", list),
+                field.json("messages", list),
+                field.time("started_at"),
+                ended_at,
+                field.number("duration_s"),
+            ),
+            conversation_id=conversation_id,
+            room=room,
+            at=ended_at,
+        )
+    raise _malformed(record, f"unknown record kind {record.kind!r}")
+
+
+class _Fields:
+    """Typed reads of a record's payload; a bad field is a non-retryable BackendError."""
+
+    def __init__(self, record: OutboxRecord) -> None:
+        self._record = record
+        self._payload = record.payload
+
+    def _get(self, name: str) -> Any:
+        if name not in self._payload:
+            raise _malformed(self._record, f"{name} is missing")
+        return self._payload[name]
+
+    def text(self, name: str, *, empty: bool = False) -> str:
+        value = self._get(name)
+        if not isinstance(value, str) or (not empty and not value):
+            raise _malformed(self._record, f"{name} must be a non-empty string")
+        return value
+
+    def integer(self, name: str) -> int:
+        value = self._get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _malformed(self._record, f"{name} must be a non-negative integer")
+        return value
+
+    def number(self, name: str) -> float:
+        value = self._get(name)
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            raise _malformed(self._record, f"{name} must be a number")
+        return float(value)
+
+    def time(self, name: str) -> str:
+        value = self.text(name)
+        try:
+            at = datetime.fromisoformat(value)
+        except ValueError:
+            raise _malformed(self._record, f"{name} is not an ISO 8601 time") from None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def json(self, name: str, kind: type, *, default: Any = ...) -> str:
+        if name not in self._payload and default is not ...:
+            value = default
+        else:
+            value = self._get(name)
+            if not isinstance(value, kind):
+                raise _malformed(self._record, f"{name} must be a JSON {kind.__name__}")
+        try:
+            return json.dumps(value, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise _malformed(self._record, f"{name} is not JSON: {exc}") from None
+
+
+def _malformed(record: OutboxRecord, problem: str) -> BackendError:
+    return BackendError(f"{record.kind} record {record.key!r}: {problem}", retryable=False)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+__all__ = [
+    "DB_FILENAME",
+    "DEFAULT_PATH",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SQLiteBackend",
+    "migrate",
+]

@@ -1,0 +1,123 @@
+"""A job process killed with SIGKILL loses no acknowledged record: the next one delivers it.
+
+The child (``tests/outbox_writer_proc.py``) puts turn records into an outbox whose backend
+is down and prints each key once ``put`` returned; the test kills it mid-stream, then an
+outbox of its own on the same data directory adopts the dead process's file and delivers
+everything to a real :class:`SQLiteBackend`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from clara_voice.persistence.base import OutboxRecord, StoredMessage
+from clara_voice.persistence.outbox import Outbox
+from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
+
+REPO = Path(__file__).resolve().parents[1]
+SESSIONS = 3
+ACKS_BEFORE_KILL = 150
+
+
+class CountingBackend:
+    """A SQLiteBackend that also records every delivery call, in order."""
+
+    def __init__(self, inner: SQLiteBackend) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    async def agent_joined(self, *, room: str, conversation_id: str) -> str:
+        return await self.inner.agent_joined(room=room, conversation_id=conversation_id)
+
+    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
+        return await self.inner.get_recent_messages(conversation_id, limit)
+
+    async def deliver(self, record: OutboxRecord) -> None:
+        await self.inner.deliver(record)
+        self.calls.append(record.key)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def run_and_kill(data: Path, stderr_path: Path) -> list[str]:
+    """Start the writer process, SIGKILL it after some acknowledgements; every key it
+    acknowledged, in the order it printed them."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    with stderr_path.open("wb") as stderr:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.outbox_writer_proc",
+            str(data),
+            str(SESSIONS),
+            "100000",
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+        )
+    assert proc.stdout is not None
+    acked: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(acked) < ACKS_BEFORE_KILL:
+                line = await proc.stdout.readline()
+                assert line, "the writer ended early (see its stderr file)"
+                acked.append(line.decode().strip())
+    finally:
+        proc.send_signal(signal.SIGKILL)  # mid-stream: puts are still being made
+        async with asyncio.timeout(10):
+            returncode = await proc.wait()
+            rest = await proc.stdout.read()
+    assert returncode == -signal.SIGKILL
+    lines = rest.decode().split("\n")
+    acked.extend(line for line in lines[:-1] if line)  # a cut last line was not acknowledged
+    return acked
+
+
+async def test_records_acknowledged_by_a_killed_process_are_delivered_once(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    acked = await run_and_kill(data, tmp_path / "writer.stderr")
+    [orphan] = (data / "outbox").glob("*.db")  # the dead process's file, lock released
+
+    store = SQLiteBackend(tmp_path / "store" / DB_FILENAME)
+    backend = CountingBackend(store)
+    async with store, Outbox(data, backend, retry_base=0.01, retry_max=0.05) as outbox:
+        async with asyncio.timeout(10):
+            await outbox.wait_drained()
+        assert outbox.pending_count() == 0
+        assert outbox.stats.adopted_files == 1
+        assert not orphan.exists()
+
+        # every acknowledged record arrived exactly once (plus any committed just before
+        # the kill, whose key was not printed yet), each session's in its order
+        calls = Counter(backend.calls)
+        assert set(acked) <= set(calls)
+        assert set(calls.values()) == {1}
+        by_session: defaultdict[str, list[int]] = defaultdict(list)
+        for key in backend.calls:
+            _, session, seq = key.split(":")
+            by_session[session].append(int(seq))
+        for seqs in by_session.values():
+            assert seqs == list(range(len(seqs)))  # in order, and no gap
+        assert len(by_session) == SESSIONS
+
+        recent = await store.get_recent_messages("conv-s0", 3)
+        last = by_session["s0"][-1]
+        assert [m.text for m in recent] == [f"s0 says {n}" for n in range(last - 2, last + 1)]
+
+    conn = sqlite3.connect(store.path)
+    stored = {key for (key,) in conn.execute("SELECT record_key FROM messages")}
+    conn.close()
+    assert stored == set(calls)
+    assert list((data / "outbox").iterdir()) == []  # the new outbox's own file, empty, removed
