@@ -1,0 +1,239 @@
+"""Room context from metadata and conversation state through the agent (seed 004)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.config import Settings
+from clara_voice.conversation import MAX_METADATA_BYTES, HistoryMessage, parse_room_metadata
+from clara_voice.logging import get_logger
+from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
+
+from .conftest import settle
+from .fakes import FakePipelineFactory, FakeRoom
+
+LOG = get_logger("clara_voice.test")
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_metadata_names_the_conversation_and_keeps_other_keys() -> None:
+    raw = json.dumps({"conversation_id": "conv-42", "user_id": 7, "locale": "fr"})
+    context = parse_room_metadata(raw, LOG)
+    assert context.conversation_id == "conv-42"
+    assert context.user_id == "7"
+    assert context.extra == {"locale": "fr"}
+    assert context.known
+
+
+def test_missing_metadata_gives_a_fresh_conversation_without_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first, second = parse_room_metadata("", LOG), parse_room_metadata("{}", LOG)
+    assert first.conversation_id.startswith("conv_")
+    assert first.conversation_id != second.conversation_id
+    assert not first.known
+    assert warnings_of(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "warning"),
+    [
+        ("{not json", "room metadata is not JSON, starting a fresh conversation"),
+        ("[1, 2]", "room metadata is not a JSON object, starting a fresh conversation"),
+        (
+            json.dumps({"conversation_id": 12}),
+            "room metadata has an invalid conversation_id, starting a fresh conversation",
+        ),
+        (
+            json.dumps({"conversation_id": "bad id with spaces"}),
+            "room metadata has an invalid conversation_id, starting a fresh conversation",
+        ),
+        (
+            json.dumps({"conversation_id": "c1", "pad": "x" * MAX_METADATA_BYTES}),
+            "room metadata too large, starting a fresh conversation",
+        ),
+    ],
+)
+def test_bad_metadata_is_one_warning_and_a_fresh_context(
+    raw: str, warning: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = parse_room_metadata(raw, LOG)
+    assert warnings_of(caplog) == [warning]
+    assert context.conversation_id.startswith("conv_")
+    assert not context.known
+
+
+def test_a_wrongly_typed_user_id_is_dropped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    context = parse_room_metadata(json.dumps({"conversation_id": "c1", "user_id": [1]}), LOG)
+    assert context.conversation_id == "c1"
+    assert context.user_id is None
+    assert warnings_of(caplog) == ["room metadata has an invalid user_id, ignoring it"]
+
+
+async def run_agent(
+    room: FakeRoom, settings: Settings, factory: FakePipelineFactory
+) -> ClaraVoiceAgent:
+    agent = ClaraVoiceAgent(
+        room, settings, pipeline=factory, backend=SQLiteBackend(settings.data_dir / DB_FILENAME)
+    )
+    await agent.start()
+    return agent
+
+
+def talk(agent: ClaraVoiceAgent, identity: str, *exchanges: tuple[str, str]) -> None:
+    """What the pipeline reports for each user message and its answer."""
+    session = next(s for s in agent.sessions.values() if s.participant_id == identity)
+    for user, reply in exchanges:
+        session.message_count += 2
+        agent.on_message(session, HistoryMessage(role="user", text=user))
+        agent.on_message(
+            session, HistoryMessage(role="assistant", text=reply, metrics={"e2e_latency": 0.8})
+        )
+
+
+async def read_store(settings: Settings, conversation_id: str) -> list[Any]:
+    backend = SQLiteBackend(settings.data_dir / DB_FILENAME)
+    try:
+        return await backend.get_recent_messages(conversation_id, 100)
+    finally:
+        await backend.aclose()
+
+
+async def test_a_conversation_is_persisted_and_continues_in_the_next_job(
+    settings: Settings, factory: FakePipelineFactory
+) -> None:
+    metadata = json.dumps({"conversation_id": "conv-7", "user_id": "u1"})
+    room = FakeRoom("kitchen", metadata=metadata)
+    agent = await run_agent(room, settings, factory)
+    assert agent.conversation_id == "conv-7"
+    room.join("alice")
+    await settle()
+    talk(agent, "alice", ("hello", "hi alice"), ("what time is it", "noon"))
+    room.leave("alice")
+    await settle()
+    await agent.aclose()
+
+    stored = await read_store(settings, "conv-7")
+    assert [(m.role, m.text) for m in stored] == [
+        ("user", "hello"),
+        ("assistant", "hi alice"),
+        ("user", "what time is it"),
+        ("assistant", "noon"),
+    ]
+
+    # the next job in a room of the same conversation continues from those messages
+    room2 = FakeRoom("kitchen", metadata=metadata)
+    agent2 = await run_agent(room2, settings, FakePipelineFactory())
+    room2.join("alice")
+    await settle()
+    (session,) = agent2.sessions.values()
+    assert [m.text for m in session.earlier_messages] == [m.text for m in stored]
+    await agent2.aclose()
+
+
+async def test_the_session_summary_and_participant_events_are_saved_at_cleanup(
+    settings: Settings, factory: FakePipelineFactory
+) -> None:
+    import sqlite3
+
+    room = FakeRoom("hall", metadata=json.dumps({"conversation_id": "conv-9"}))
+    agent = await run_agent(room, settings, factory)
+    room.join("alice", metadata='{"plan": "pro"}')
+    room.join("bob")
+    await settle()
+    talk(agent, "alice", ("one", "two"))
+    alice = next(s for s in agent.sessions.values() if s.participant_id == "alice")
+    room.leave("alice")
+    await settle()
+    await agent.aclose()
+
+    with sqlite3.connect(settings.data_dir / DB_FILENAME) as db:
+        db.row_factory = sqlite3.Row
+        (summary,) = db.execute(
+            "SELECT * FROM sessions WHERE session_id = ?", (alice.session_id,)
+        ).fetchall()
+        events = db.execute(
+            "SELECT participant, event FROM participant_events ORDER BY id"
+        ).fetchall()
+    assert summary["conversation_id"] == "conv-9"
+    assert summary["room"] == "hall"
+    assert summary["message_count"] == 2
+    assert [m["text"] for m in json.loads(summary["messages"])] == ["one", "two"]
+    participants = {p["identity"]: p for p in json.loads(summary["participants"])}
+    assert set(participants) == {"alice", "bob"}
+    assert participants["alice"]["metadata"] == '{"plan": "pro"}'
+    assert participants["alice"]["left_at"] is not None
+    assert summary["duration_s"] >= 0
+    assert [tuple(e) for e in events] == [
+        ("alice", "connected"),
+        ("bob", "connected"),
+        ("alice", "disconnected"),
+    ]
+
+
+async def test_the_agent_follows_room_metadata_changes(
+    settings: Settings, factory: FakePipelineFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    room = FakeRoom(metadata=json.dumps({"conversation_id": "conv-a"}))
+    agent = await run_agent(room, settings, factory)
+    room.emit("room_metadata_changed", room.metadata, "{broken")
+    assert agent.conversation_id == "conv-a"  # bad metadata changes nothing but warns
+    assert "room metadata is not JSON, starting a fresh conversation" in warnings_of(caplog)
+    new = json.dumps({"conversation_id": "conv-b", "user_id": "u2"})
+    room.emit("room_metadata_changed", room.metadata, new)
+    assert agent.conversation_id == "conv-b"
+    assert agent.context.user_id == "u2"
+    await agent.aclose()
+
+
+async def test_saving_never_waits_for_a_slow_or_dead_backend(
+    room: FakeRoom, settings: Settings, factory: FakePipelineFactory
+) -> None:
+    """The agent keeps talking while the backend is down: records wait in the outbox."""
+    from clara_voice.persistence import BackendError, OutboxRecord, StoredMessage
+
+    class DownBackend:
+        async def agent_joined(self, *, room: str, conversation_id: str) -> str:
+            raise BackendError("down", retryable=True)
+
+        async def get_recent_messages(
+            self, conversation_id: str, limit: int
+        ) -> list[StoredMessage]:
+            raise BackendError("down", retryable=True)
+
+        async def deliver(self, record: OutboxRecord) -> None:
+            raise BackendError("down", retryable=True)
+
+        async def aclose(self) -> None:
+            return None
+
+    agent = ClaraVoiceAgent(room, settings, pipeline=factory, backend=DownBackend())
+    await agent.start()  # joins with the room's id although the backend did not confirm it
+    room.join("alice")
+    await settle()
+    talk(agent, "alice", *[(f"q{i}", f"a{i}") for i in range(50)])
+    recorder = agent.recorder
+    assert recorder is not None
+    await agent.aclose()  # flushes for CLARA_OUTBOX_FLUSH_TIMEOUT, then leaves the rest
+    assert recorder.outbox.pending_count() > 100
+
+    # the next job on the same data directory delivers what the backend missed, once
+    agent2 = await run_agent(FakeRoom(), settings, FakePipelineFactory())
+    recorder2 = agent2.recorder
+    assert recorder2 is not None
+    async with asyncio.timeout(10):
+        await recorder2.outbox.wait_drained()
+    await agent2.aclose()
+    stored = await read_store(settings, agent.conversation_id)
+    assert [m.text for m in stored] == [t for i in range(50) for t in (f"q{i}", f"a{i}")]
