@@ -7,6 +7,13 @@ durable outbox every write goes through; ``sqlite.py`` the embedded default stor
 
 from __future__ import annotations
 
-from .base import Backend, BackendError, OutboxRecord, RecordKind, StoredMessage
+from .base import Backend, BackendError, OutboxError, OutboxRecord, RecordKind, StoredMessage
 
-__all__ = ["Backend", "BackendError", "OutboxRecord", "RecordKind", "StoredMessage"]
+__all__ = [
+    "Backend",
+    "BackendError",
+    "OutboxError",
+    "OutboxRecord",
+    "RecordKind",
+    "StoredMessage",
+]

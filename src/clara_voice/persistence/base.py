@@ -39,6 +39,14 @@ class BackendError(Exception):
         self.retryable = retryable
 
 
+class OutboxError(Exception):
+    """The outbox could not take a record (closed, not JSON, the local file failed)."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
 @dataclass(frozen=True, kw_only=True)
 class OutboxRecord:
     """One write waiting in (or delivered from) the outbox."""
@@ -83,6 +91,7 @@ __all__ = [
     "RECORD_KINDS",
     "Backend",
     "BackendError",
+    "OutboxError",
     "OutboxRecord",
     "RecordKind",
     "StoredMessage",
