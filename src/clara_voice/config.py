@@ -289,7 +289,9 @@ class Settings(BaseSettings):
         default=0.5, ge=0, description="Seconds of speech that count as an interruption."
     )
     vad_min_silence_duration: float = Field(
-        default=0.55, gt=0, description="Silence the VAD needs to end a speech segment."
+        default=0.7,
+        gt=0,
+        description="Silence the VAD needs to end a speech segment (see the latency table).",
     )
     vad_activation_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="VAD probability that starts speech."
