@@ -71,7 +71,7 @@ from tests.audio import (  # noqa: E402
     voiced_span,
 )
 from tests.fakes import FakeRoom, make_participant  # noqa: E402
-from tests.pipeline_kit import ParticipantMedia, SeamMedia  # noqa: E402
+from tests.pipeline_kit import SeamMedia  # noqa: E402
 
 from bench._fakes import FakeLLM, FakeStreamingSTT, FakeSTT, FakeTTS  # noqa: E402
 from clara_voice.config import Settings, SettingsError, load_settings  # noqa: E402
@@ -281,28 +281,8 @@ class BenchMedia(SeamMedia):
         super().__init__()
         self.mic = mic
 
-    async def start(
-        self,
-        agent_session: AgentSession[Any],
-        assistant: Agent,
-        *,
-        room: Any,
-        participant: rtc.RemoteParticipant,
-        session_type: Any,
-    ) -> None:
-        if session_type != "voice-vad":
-            raise SystemExit(f"the bench needs a voice-vad session, got {session_type!r}")
-        media = ParticipantMedia(
-            session_type=session_type,
-            agent_session=agent_session,
-            mic=self.mic,
-            speaker=CaptureAudioOutput(),
-        )
-        agent_session.input.audio = media.mic
-        agent_session.output.audio = media.speaker
-        agent_session.output.transcription = media.text
-        self.participants[participant.identity] = media
-        await agent_session.start(assistant)
+    def make_mic(self) -> MarkedMic:
+        return self.mic
 
     @property
     def speaker(self) -> CaptureAudioOutput:

@@ -129,6 +129,18 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
         self.emit("participant_disconnected", participant)
         return participant
 
+    def drop(
+        self, identity: str, reason: int = rtc.DisconnectReason.SIGNAL_CLOSE
+    ) -> rtc.RemoteParticipant:
+        """The participant's connection is lost (not its own choice)."""
+        return self.leave(identity, reason)
+
+    def quality(self, identity: str, quality: rtc.ConnectionQuality) -> None:
+        """The SFU reports a participant's connection quality."""
+        participant = self.remote_participants[identity]
+        participant._connection_quality = quality
+        self.emit("connection_quality_changed", participant, quality)
+
     # -- the subset of rtc.Room's API the job uses ---------------------------------------
 
     def isconnected(self) -> bool:
@@ -166,12 +178,16 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
 class FakePipeline:
     def __init__(self, identity: str) -> None:
         self.identity = identity
+        self.relinked: list[str] = []
         self.close_calls = 0
         self.close_error: Exception | None = None
 
     @property
     def closed(self) -> bool:
         return self.close_calls > 0
+
+    def relink(self, identity: str) -> None:
+        self.relinked.append(identity)
 
     async def aclose(self) -> None:
         self.close_calls += 1

@@ -24,6 +24,13 @@ class ParticipantMedia:
     mic: WavAudioInput | None = None
     speaker: CaptureAudioOutput | None = None
     text: CaptureTextOutput = field(default_factory=CaptureTextOutput)
+    relinked: list[str] = field(default_factory=list)
+
+    def relink(self, identity: str) -> None:
+        self.relinked.append(identity)
+
+    async def aclose(self) -> None:
+        return None
 
 
 class SeamMedia:
@@ -43,16 +50,21 @@ class SeamMedia:
         room: Any,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
-    ) -> None:
+    ) -> ParticipantMedia:
         media = ParticipantMedia(session_type=session_type, agent_session=agent_session)
         if session_type != "text":
-            media.mic = WavAudioInput()
+            media.mic = self.make_mic()
             media.speaker = CaptureAudioOutput()
             agent_session.input.audio = media.mic
             agent_session.output.audio = media.speaker
         agent_session.output.transcription = media.text
         self.participants[participant.identity] = media
         await agent_session.start(assistant)
+        return media
+
+    def make_mic(self) -> WavAudioInput:
+        """The microphone of a new voice participant (the benchmark hands in its own)."""
+        return WavAudioInput()
 
     def __getitem__(self, identity: str) -> ParticipantMedia:
         return self.participants[identity]

@@ -28,6 +28,7 @@ from .metrics import PerformanceMetrics
 from .persistence import Backend, StoredMessage
 from .persistence.recorder import ConversationRecorder
 from .pipeline import PipelineFactory
+from .reconnection import Reconnection, is_deliberate
 from .sessions import (
     ConnectionState,
     ParticipantSession,
@@ -94,6 +95,7 @@ class ClaraVoiceAgent:
             )
         )
         self._session_by_identity: dict[str, str] = {}
+        self._reconnection = Reconnection(self, settings, self._log)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
@@ -132,6 +134,7 @@ class ClaraVoiceAgent:
         )
         self._room.on("participant_connected", self._on_participant_connected)
         self._room.on("participant_disconnected", self._on_participant_disconnected)
+        self._reconnection.start()
         for participant in list(self._room.remote_participants.values()):
             self._on_participant_connected(participant)
         self._log.info("agent started", extra={"participants": len(self._room.remote_participants)})
@@ -145,6 +148,7 @@ class ClaraVoiceAgent:
             self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_disconnected", self._on_participant_disconnected)
             self._room.off("room_metadata_changed", self._on_room_metadata_changed)
+        self._reconnection.close()
         failures: list[BaseException] = []
         for session_id in list(self.sessions):
             try:
@@ -181,6 +185,12 @@ class ClaraVoiceAgent:
         if self._closed:
             return None
         if (previous := self._session_by_identity.get(identity)) is not None:
+            if previous in self._reconnection.held:
+                # back within the grace period: the same session goes on
+                session = self.sessions[previous]
+                self._reconnection.resume(session, participant)
+                self._participant_joined(participant)
+                return session
             # the same identity joined again before its old session ended (e.g. a second
             # device replacing the first): one session per identity, the newest wins
             await self.cleanup_session(previous, reason="identity rejoined")
@@ -245,6 +255,12 @@ class ClaraVoiceAgent:
         reason = disconnect_reason_name(participant)
         session.log.info("participant left", extra={"reason": reason})
         self._participant_left(participant.identity)
+        if not is_deliberate(participant) and session.connection_state in (
+            "connected",
+            "reconnecting",
+        ):
+            self._reconnection.hold(session, reason)
+            return
         await self.cleanup_session(session_id, reason=f"participant left ({reason})")
 
     async def cleanup_session(self, session_id: str, *, reason: str = "cleanup") -> bool:
@@ -252,6 +268,7 @@ class ClaraVoiceAgent:
         session = self._detach(session_id)
         if session is None:
             return False
+        self._reconnection.forget(session_id)
         session.log.info("cleaning up session", extra={"reason": reason})
         if session.start_task is not None and not session.start_task.done():
             await aio.cancel_and_wait(session.start_task)
@@ -273,6 +290,16 @@ class ClaraVoiceAgent:
             },
         )
         return True
+
+    def session_of(self, identity: str) -> ParticipantSession | None:
+        """The session of a participant identity, if it has one."""
+        session_id = self._session_by_identity.get(identity)
+        return None if session_id is None else self.sessions.get(session_id)
+
+    def end_session_soon(self, session_id: str, *, reason: str) -> None:
+        """Clean a session up from synchronous code (timers, room handlers)."""
+        if session_id in self.sessions and not self._closed:
+            self._spawn(self.cleanup_session(session_id, reason=reason), f"cleanup.{session_id}")
 
     def _detach(self, session_id: str) -> ParticipantSession | None:
         session = self.sessions.pop(session_id, None)
@@ -330,10 +357,7 @@ class ClaraVoiceAgent:
         session.log.warning("pipeline closed by livekit", extra={"reason": reason})
         if session.connection_state != "closed":
             self.transition(session, "error", reason=f"pipeline closed: {reason}")
-        self._spawn(
-            self.cleanup_session(session.session_id, reason="pipeline closed"),
-            f"cleanup.{session.participant_id}",
-        )
+        self.end_session_soon(session.session_id, reason="pipeline closed")
 
     # -- conversation state (seed 004) -------------------------------------------------------
 

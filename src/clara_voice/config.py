@@ -157,6 +157,22 @@ class Settings(BaseSettings):
         default=30.0,
         description="Seconds a dropped participant's session waits for the same identity.",
     )
+    prometheus_port: int | None = Field(
+        default=9464,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus `/metrics` endpoint (covers job processes); "
+        "empty to turn it off.",
+    )
+    unhealthy_loop_lag: PositiveSeconds = Field(
+        default=0.5,
+        description="Event-loop lag in seconds that makes an agent's health check fail.",
+    )
+    unhealthy_outbox_pending: int = Field(
+        default=10_000,
+        ge=1,
+        description="Undelivered outbox records that make an agent's health check fail.",
+    )
     max_reconnection_attempts: int = Field(
         default=5, ge=1, description="Pipeline re-establish attempts before a session is closed."
     )

@@ -51,6 +51,11 @@ CLOSE_TIMEOUT = 5.0
 class VoicePipeline(Protocol):
     """A running pipeline for one participant. ``aclose`` is idempotent."""
 
+    def relink(self, identity: str) -> None:
+        """Re-link the pipeline's media to ``identity`` (after a drop or a rejoin) without
+        losing the conversation."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -87,6 +92,14 @@ class PipelineFactory(Protocol):
     async def aclose(self) -> None: ...
 
 
+class MediaLink(Protocol):
+    """What a MediaBinding leaves running for one participant."""
+
+    def relink(self, identity: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class MediaBinding(Protocol):
     """Connects an AgentSession to its participant's audio and text and starts it."""
 
@@ -98,11 +111,11 @@ class MediaBinding(Protocol):
         room: rtc.Room,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
-    ) -> None: ...
+    ) -> MediaLink: ...
 
 
 class RoomMedia:
-    """Production binding: livekit's room I/O linked to one participant."""
+    """Production binding: a livekit ``RoomIO`` of ours linked to one participant."""
 
     async def start(
         self,
@@ -112,7 +125,7 @@ class RoomMedia:
         room: rtc.Room,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
-    ) -> None:
+    ) -> MediaLink:
         voice = session_type != "text"
         options = room_io.RoomOptions(
             participant_identity=participant.identity,
@@ -122,7 +135,27 @@ class RoomMedia:
             audio_output=voice,
             text_output=True,
         )
-        await agent_session.start(assistant, room=room, room_options=options)
+        link = room_io.RoomIO(agent_session, room, options=options)
+        await link.start()
+        try:
+            await agent_session.start(assistant)
+        except BaseException:
+            await link.aclose()
+            raise
+        return _RoomLink(link)
+
+
+class _RoomLink:
+    def __init__(self, room_io: room_io.RoomIO) -> None:
+        self._room_io = room_io
+
+    def relink(self, identity: str) -> None:
+        # unlink then link again: the audio input re-subscribes to the participant's track
+        self._room_io.unset_participant()
+        self._room_io.set_participant(identity)
+
+    async def aclose(self) -> None:
+        await self._room_io.aclose()
 
 
 class LiveKitPipelineFactory:
@@ -180,7 +213,7 @@ class LiveKitPipelineFactory:
             apology=settings.apology,
         )
         try:
-            await self._media.start(
+            pipeline.media = await self._media.start(
                 agent_session,
                 ClaraAssistant(instructions=settings.instructions, chat_ctx=_chat_context(session)),
                 room=room,
@@ -234,6 +267,8 @@ class LiveKitPipeline:
         self._routes: tuple[ChatRouter, PushToTalk] | None = None
         self._identity = session.participant_id
         self._closed = False
+        self.media: MediaLink | None = None
+        self.relinks = 0
         agent_session.on("conversation_item_added", self._on_item)
         agent_session.on("error", self._on_error)
         agent_session.on("close", self._on_close)
@@ -244,6 +279,13 @@ class LiveKitPipeline:
         chat.add(identity, self.handle_text)
         if self._session.session_type == "voice-ptt":
             push_to_talk.add(identity, self.agent_session)
+
+    def relink(self, identity: str) -> None:
+        """Re-subscribe to the participant's media; the AgentSession and its
+        conversation are untouched."""
+        self.relinks += 1
+        if self.media is not None and not self._closed:
+            self.media.relink(identity)
 
     async def handle_text(self, text: str) -> None:
         """A chat message from the participant: a turn of its own."""
@@ -265,6 +307,8 @@ class LiveKitPipeline:
             push_to_talk.remove(self._identity, self.agent_session)
         try:
             await asyncio.wait_for(self.agent_session.aclose(), CLOSE_TIMEOUT)
+            if self.media is not None:
+                await self.media.aclose()
         finally:
             self.agent_session.off("conversation_item_added", self._on_item)
             self.agent_session.off("error", self._on_error)
@@ -375,6 +419,7 @@ __all__ = [
     "LiveKitPipeline",
     "LiveKitPipelineFactory",
     "MediaBinding",
+    "MediaLink",
     "PipelineFactory",
     "PipelineObserver",
     "RoomMedia",

@@ -1,0 +1,190 @@
+"""Reconnection, server side (seed 001): riding out network trouble.
+
+Owned by ClaraVoiceAgent. It watches three things:
+
+- a participant's connection quality: POOR or LOST moves its session to ``reconnecting``,
+  counts an attempt and re-links the pipeline's media (the conversation is untouched);
+  GOOD or EXCELLENT moves it back to ``connected`` and clears the attempts;
+- a participant's disconnect that was not its own choice (network loss, timeout, signal
+  close, migration…): the session is *held* in ``reconnecting`` for the grace period; if
+  the same identity comes back in time, the same session resumes (same id, same history,
+  pipeline re-linked to the new connection); otherwise it is cleaned up;
+- the agent's own room connection: ``reconnecting`` moves every live session to
+  ``reconnecting``, ``reconnected`` moves them back and re-links them, ``disconnected``
+  cleans everything up.
+
+More than ``CLARA_MAX_RECONNECTION_ATTEMPTS`` attempts without a recovery, or a grace
+period that runs out, ends the session with a full cleanup (its summary persisted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from livekit import rtc
+
+from .config import Settings
+from .logging import ContextLogger
+
+if TYPE_CHECKING:
+    from .agent import ClaraVoiceAgent
+    from .sessions import ParticipantSession
+
+# disconnects that are someone's decision, not the network's: the session ends at once
+DELIBERATE = frozenset(
+    {
+        rtc.DisconnectReason.CLIENT_INITIATED,
+        rtc.DisconnectReason.ROOM_DELETED,
+        rtc.DisconnectReason.PARTICIPANT_REMOVED,
+        rtc.DisconnectReason.USER_REJECTED,
+        rtc.DisconnectReason.ROOM_CLOSED,
+    }
+)
+BAD_QUALITY = frozenset({rtc.ConnectionQuality.QUALITY_POOR, rtc.ConnectionQuality.QUALITY_LOST})
+GOOD_QUALITY = frozenset(
+    {rtc.ConnectionQuality.QUALITY_GOOD, rtc.ConnectionQuality.QUALITY_EXCELLENT}
+)
+
+
+def is_deliberate(participant: rtc.Participant) -> bool:
+    """Whether the participant's disconnect was a choice (its own or the room's)."""
+    return participant.disconnect_reason in DELIBERATE
+
+
+class Reconnection:
+    """Grace timers, quality watch and the agent's own link, for one ClaraVoiceAgent."""
+
+    def __init__(self, agent: ClaraVoiceAgent, settings: Settings, log: ContextLogger) -> None:
+        self._agent = agent
+        self._room = agent.room
+        self._settings = settings
+        self._log = log
+        self._grace: dict[str, asyncio.TimerHandle] = {}
+        self._room_down = False
+        self._started = False
+
+    def start(self) -> None:
+        self._started = True
+        self._room.on("connection_quality_changed", self._on_quality)
+        self._room.on("reconnecting", self._on_room_reconnecting)
+        self._room.on("reconnected", self._on_room_reconnected)
+        self._room.on("disconnected", self._on_room_disconnected)
+
+    def close(self) -> None:
+        """Stop watching and cancel every grace timer; safe to call twice."""
+        if self._started:
+            self._started = False
+            self._room.off("connection_quality_changed", self._on_quality)
+            self._room.off("reconnecting", self._on_room_reconnecting)
+            self._room.off("reconnected", self._on_room_reconnected)
+            self._room.off("disconnected", self._on_room_disconnected)
+        for timer in self._grace.values():
+            timer.cancel()
+        self._grace.clear()
+
+    @property
+    def held(self) -> frozenset[str]:
+        """Session ids waiting for their participant to come back."""
+        return frozenset(self._grace)
+
+    def hold(self, session: ParticipantSession, reason: str) -> None:
+        """Keep a dropped participant's session for the grace period."""
+        agent = self._agent
+        agent.transition(session, "reconnecting", reason=f"participant dropped ({reason})")
+        self._count_attempt(session)
+        if self._exhausted(session):
+            return
+        grace = self._settings.reconnect_grace_period
+        loop = asyncio.get_running_loop()
+        self._grace[session.session_id] = loop.call_later(grace, self._expire, session.session_id)
+        session.log.info(
+            "waiting for the participant to come back", extra={"grace_period_s": grace}
+        )
+
+    def resume(self, session: ParticipantSession, participant: rtc.RemoteParticipant) -> None:
+        """The held session's identity came back: same session, linked to the new connection."""
+        if (timer := self._grace.pop(session.session_id, None)) is not None:
+            timer.cancel()
+        session.participant_sid = participant.sid
+        if session.pipeline is not None:
+            session.pipeline.relink(participant.identity)
+        self._agent.transition(session, "connected", reason="participant came back")
+        session.reconnection_attempts = 0
+
+    def forget(self, session_id: str) -> None:
+        """The session ended: drop its grace timer."""
+        if (timer := self._grace.pop(session_id, None)) is not None:
+            timer.cancel()
+
+    # -- room events --------------------------------------------------------------------------
+
+    def _on_quality(self, participant: rtc.Participant, quality: rtc.ConnectionQuality) -> None:
+        session = self._agent.session_of(participant.identity)
+        if session is None or session.session_id in self._grace:
+            return
+        if quality in BAD_QUALITY and session.connection_state in ("connected", "reconnecting"):
+            name = rtc.ConnectionQuality(quality).name.removeprefix("QUALITY_").lower()
+            self._agent.transition(session, "reconnecting", reason=f"connection quality {name}")
+            self._count_attempt(session)
+            if not self._exhausted(session) and session.pipeline is not None:
+                session.pipeline.relink(participant.identity)
+        elif (
+            quality in GOOD_QUALITY
+            and session.connection_state == "reconnecting"
+            and not self._room_down
+        ):
+            self._agent.transition(session, "connected", reason="connection quality recovered")
+            session.reconnection_attempts = 0
+
+    def _on_room_reconnecting(self) -> None:
+        self._room_down = True
+        for session in list(self._agent.sessions.values()):
+            if session.connection_state == "connected":
+                self._agent.transition(
+                    session, "reconnecting", reason="agent's room connection lost"
+                )
+
+    def _on_room_reconnected(self) -> None:
+        self._room_down = False
+        for session in list(self._agent.sessions.values()):
+            if session.connection_state == "reconnecting" and session.session_id not in self._grace:
+                if session.pipeline is not None:
+                    session.pipeline.relink(session.participant_id)
+                self._agent.transition(
+                    session, "connected", reason="agent's room connection recovered"
+                )
+
+    def _on_room_disconnected(
+        self, reason: rtc.DisconnectReason.ValueType = rtc.DisconnectReason.UNKNOWN_REASON
+    ) -> None:
+        self._log.warning(
+            "agent disconnected from the room, ending every session",
+            extra={"reason": rtc.DisconnectReason.Name(reason).lower()},
+        )
+        for session_id in list(self._agent.sessions):
+            self._agent.end_session_soon(session_id, reason="agent disconnected from the room")
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def _count_attempt(self, session: ParticipantSession) -> None:
+        session.reconnection_attempts += 1
+        self._agent.metrics.reconnection_count += 1
+
+    def _exhausted(self, session: ParticipantSession) -> bool:
+        limit = self._settings.max_reconnection_attempts
+        if session.reconnection_attempts <= limit:
+            return False
+        session.log.warning(
+            "reconnection attempts exhausted, ending the session",
+            extra={"attempts": session.reconnection_attempts, "limit": limit},
+        )
+        self._agent.end_session_soon(session.session_id, reason="reconnection attempts exhausted")
+        return True
+
+    def _expire(self, session_id: str) -> None:
+        self._grace.pop(session_id, None)
+        session = self._agent.sessions.get(session_id)
+        if session is not None:
+            session.log.info("grace period over, the participant did not come back")
+        self._agent.end_session_soon(session_id, reason="grace period expired")
