@@ -446,11 +446,14 @@ def test_worker_env_file_is_optional(worker: dict[str, Any]) -> None:
         assert entry["required"] is False
 
 
-def test_stop_grace_period_covers_the_drain(
+def test_stop_grace_period_covers_the_drain_and_the_jobs_shutdown(
     worker_env: dict[str, str], worker: dict[str, Any]
 ) -> None:
     drain = int(worker_env.get(Settings.env_name("drain_timeout"), _default("drain_timeout")))
-    assert _seconds(worker["stop_grace_period"]) > drain
+    closing = float(
+        worker_env.get(Settings.env_name("job_shutdown_timeout"), _default("job_shutdown_timeout"))
+    )
+    assert _seconds(worker["stop_grace_period"]) > drain + closing
 
 
 # -- the health endpoint -------------------------------------------------------------------
@@ -482,8 +485,10 @@ def test_health_port_agrees_everywhere(
     variable = Settings.env_name("http_port")
     assert int(worker_env[variable]) == port
     assert int(runtime.env()[variable]) == port
-    assert [int(p) for e in runtime.all("EXPOSE") for p in e.value.split()] == [port]
-    assert port in {p.container for p in _published(worker)}
+    exposed = [int(p) for e in runtime.all("EXPOSE") for p in e.value.split()]
+    assert exposed == [port, _default("prometheus_port")]  # health, then metrics
+    published = {p.container for p in _published(worker)}
+    assert {port, _default("prometheus_port")} <= published
     _, probe = _healthcheck(runtime.last("HEALTHCHECK"))
     assert probe[0] == "python"
     assert "http://127.0.0.1:" in probe[2]

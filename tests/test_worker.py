@@ -177,3 +177,23 @@ def test_prewarm_loads_the_end_of_turn_model_only_when_it_is_used(tmp_path: Any)
     assert EOT_USERDATA_KEY not in proc.userdata
     prewarm(proc, settings=load_settings(turn_detection="eot"))
     assert proc.userdata[EOT_USERDATA_KEY].model == "turn-detector-v1-mini"
+
+
+async def test_the_jobs_shutdown_closes_every_session_and_persists_their_summaries(
+    job_ctx: JobContext, room: FakeRoom, settings: Settings
+) -> None:
+    """What SIGTERM comes down to in a job process once the worker stops draining."""
+    import sqlite3
+
+    from clara_voice.persistence.sqlite import DB_FILENAME
+
+    room.join("alice")
+    room.join("bob")
+    await entrypoint(job_ctx, settings=settings, pipeline_factory=fake_factory)
+    await settle()
+
+    await run_shutdown_callbacks(job_ctx)
+
+    with sqlite3.connect(settings.data_dir / DB_FILENAME) as db:
+        rows = db.execute("SELECT participant FROM sessions ORDER BY id").fetchall()
+    assert sorted(r[0] for r in rows) == ["alice", "bob"]

@@ -28,6 +28,7 @@ from livekit.protocol import agent
 from clara_voice.agent import CONNECT_FAILED_MESSAGE
 
 from .loopback_livekit import TERMINAL_JOB_STATUSES, LoopbackLiveKit
+from .metrics_writer_proc import metrics_writers
 
 API_KEY = "clara-test-key"
 API_SECRET = "clara-test-secret-0123456789abcdefghijklmnop"  # ≥ 32 characters
@@ -70,6 +71,7 @@ def worker_env(*, url: str, api_secret: str, http_port: int, **extra: str) -> di
         OPENAI_API_KEY="test-openai-key",
         DEEPGRAM_API_KEY="test-deepgram-key",
         CLARA_HTTP_PORT=str(http_port),
+        CLARA_PROMETHEUS_PORT=str(free_port()),
         CLARA_NUM_IDLE_PROCESSES="1",
         CLARA_LOG_FORMAT="json",
         CLARA_DRAIN_TIMEOUT="5",
@@ -123,9 +125,12 @@ def _set_done(future: asyncio.Future[None]) -> None:
 class WorkerProcess:
     """A running ``python -m clara_voice start``: its JSON log lines, health and exit."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, *, http_port: int) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, *, http_port: int, metrics_port: int
+    ) -> None:
         self.proc = proc
         self.http_port = http_port
+        self.metrics_port = metrics_port
         self.lines: list[LogLine] = []
         self.unparsed: list[str] = []  # stdout lines that are not one JSON object
         self.stderr: list[str] = []
@@ -212,6 +217,11 @@ class WorkerProcess:
         async with self._http.get(f"http://127.0.0.1:{self.http_port}/") as response:
             return response.status, await response.text()
 
+    async def metrics(self) -> tuple[int, str]:
+        """``GET /metrics`` of the worker's Prometheus endpoint: (status, body)."""
+        async with self._http.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as response:
+            return response.status, await response.text()
+
     # -- exit -------------------------------------------------------------------------
 
     async def alongside(self, awaitable: Awaitable[T], what: str) -> T:
@@ -287,11 +297,19 @@ async def running_worker(env: dict[str, str], cwd: Path) -> AsyncIterator[Worker
         start_new_session=True,
         limit=1 << 20,
     )
-    worker = WorkerProcess(proc, http_port=int(env["CLARA_HTTP_PORT"]))
+    worker = WorkerProcess(
+        proc,
+        http_port=int(env["CLARA_HTTP_PORT"]),
+        metrics_port=int(env["CLARA_PROMETHEUS_PORT"]),
+    )
     try:
         yield worker
     finally:
         await worker.finish()
+
+
+def exists(path: str | Path) -> bool:
+    return os.path.lexists(path)
 
 
 def is_event(text: str, level: str | None = None) -> Callable[[LogLine], bool]:
@@ -340,6 +358,12 @@ async def test_room_connection_failure_is_one_critical_line_and_the_worker_keeps
                 "the job reported as running",
             )
             assert await worker.health() == (200, "OK")  # during the job
+            # one Prometheus endpoint: livekit's worker metrics and the job processes' own
+            status, exposition = await worker.metrics()
+            assert status == 200, exposition
+            assert "\nlk_agents_active_job_count{" in exposition
+            assert "\nclara_agent_unhealthy 0.0\n" in exposition
+            assert '\nclara_errors_total{source="provider"}' in exposition
             # the job process joins with the token of the assignment, at the assigned URL
             claims = api.TokenVerifier(API_KEY, API_SECRET).verify(peer.rtc_refusals[0].token or "")
             assert claims.identity == job.answer.participant_identity
@@ -389,6 +413,53 @@ async def test_room_connection_failure_is_one_critical_line_and_the_worker_keeps
             assert took < DRAIN_BOUND
             assert await worker.wait_group_gone() == [], "job processes outlived the worker"
             assert_clean_output(worker, API_SECRET, job.token, second.token)
+            folder = worker.find(is_event("metrics folder ready"))[0]["path"]
+            assert not exists(folder), "the worker left its metrics folder behind"
+
+
+async def test_an_unhealthy_agent_turns_the_health_endpoint_503_until_its_process_ends(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "prometheus"  # an operator's PROMETHEUS_MULTIPROC_DIR
+    async with LoopbackLiveKit(api_key=API_KEY, api_secret=API_SECRET) as peer:
+        env = worker_env(
+            url=peer.url,
+            api_secret=API_SECRET,
+            http_port=free_port(),
+            PROMETHEUS_MULTIPROC_DIR=str(folder),
+        )
+        async with running_worker(env, tmp_path) as worker:
+            await worker.alongside(
+                peer.wait_registered(timeout=STARTUP_TIMEOUT), "registering with the peer"
+            )
+            await worker.wait_line(is_event("registered worker"), "saying it registered")
+            assert await worker.health() == (200, "OK")
+
+            # a process writing into the worker's folder, as a job process whose agent
+            # failed its health check does; it then ends without taking it back (a crash)
+            async with metrics_writers(folder, {"unhealthy": True}) as (job_process,):
+                turned = await worker.wait_line(
+                    is_event("worker unhealthy: agents fail their health check", "warning"),
+                    "turning unhealthy",
+                )
+                assert turned["unhealthy_agents"] == 1
+                status, _ = await worker.health()
+                assert status == 503
+                _, exposition = await worker.metrics()
+                assert "\nclara_agent_unhealthy 1.0\n" in exposition
+                since = len(worker.lines)
+                await job_process.stop()
+
+            await worker.wait_line(
+                is_event("agents pass their health check again", "info"),
+                "turning healthy after the process ended",
+                since=since,
+            )
+            assert await worker.health() == (200, "OK")
+            code, _ = await worker.terminate()
+            assert code == 0, worker.tail()
+            assert exists(folder)  # an operator's folder stays
+            assert_clean_output(worker, API_SECRET)
 
 
 async def test_unreachable_livekit_url_says_so_in_one_line_and_gives_up(tmp_path: Path) -> None:

@@ -21,8 +21,10 @@ from typing import Any
 from livekit import rtc
 from livekit.agents.utils import aio
 
+from . import telemetry
 from .config import Settings
 from .conversation import HistoryMessage, ParticipantState, RoomContext, parse_room_metadata
+from .health import HealthMonitor
 from .logging import get_logger
 from .metrics import PerformanceMetrics
 from .persistence import Backend, StoredMessage
@@ -36,6 +38,7 @@ from .sessions import (
     check_transition,
     new_session_id,
 )
+from .telemetry import ErrorSource
 
 CONNECT_FAILED_MESSAGE = (
     "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."
@@ -96,6 +99,7 @@ class ClaraVoiceAgent:
         )
         self._session_by_identity: dict[str, str] = {}
         self._reconnection = Reconnection(self, settings, self._log)
+        self._health = HealthMonitor(self, settings, log=self._log)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
@@ -138,12 +142,14 @@ class ClaraVoiceAgent:
         for participant in list(self._room.remote_participants.values()):
             self._on_participant_connected(participant)
         self._log.info("agent started", extra={"participants": len(self._room.remote_participants)})
+        await self._health.start()
 
     async def aclose(self) -> None:
         """Stop following the room and close every session; safe to call twice."""
         if self._closed:
             return
         self._closed = True
+        await self._health.aclose()
         if self._started:
             self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_disconnected", self._on_participant_disconnected)
@@ -166,7 +172,7 @@ class ClaraVoiceAgent:
             except Exception as exc:
                 failures.append(exc)
         for failure in failures:
-            self.metrics.error_count += 1
+            self.count_error("session")
             self._log.error("error while closing the agent", exc_info=failure)
         self._log.info("agent closed", extra={"errors": self.error_count})
 
@@ -206,6 +212,7 @@ class ClaraVoiceAgent:
         session.earlier_messages = list(self.earlier_messages)
         self.sessions[session_id] = session
         self._session_by_identity[identity] = session_id
+        self._health.sessions_changed()
         log.info("participant joined")
         self._participant_joined(participant)
 
@@ -225,7 +232,7 @@ class ClaraVoiceAgent:
                 raise
             return None  # cleanup_session cancelled the start: the participant left
         except Exception as exc:
-            self.metrics.error_count += 1
+            self.count_error("session")
             log.error(
                 f"Failed to initialize session for participant {identity}. Error: {exc}",
                 exc_info=exc,
@@ -276,7 +283,7 @@ class ClaraVoiceAgent:
             if session.pipeline is not None:
                 await session.pipeline.aclose()
         except Exception as exc:
-            self.metrics.error_count += 1
+            self.count_error("session")
             session.log.error("failed to close the session's pipeline", exc_info=exc)
         finally:
             self.transition(session, "closed", reason=reason)
@@ -316,6 +323,7 @@ class ClaraVoiceAgent:
             return
         check_transition(old, new)
         session.connection_state = new
+        self._health.sessions_changed()
         self.state_transitions[f"{old}->{new}"] += 1
         session.log.info(
             "connection state changed", extra={"from": old, "to": new, "reason": reason}
@@ -332,6 +340,7 @@ class ClaraVoiceAgent:
     def on_turn(self, session: ParticipantSession, turn: TurnMetrics) -> None:
         session.turns.append(turn)
         self.metrics.record_turn(turn)
+        telemetry.record_turn(turn)
         session.log.info(
             "turn completed",
             extra={
@@ -345,7 +354,7 @@ class ClaraVoiceAgent:
         )
 
     def on_provider_error(self, session: ParticipantSession, source: str, error: object) -> None:
-        self.metrics.error_count += 1
+        self.count_error("provider")
         session.log.error(
             "provider failed the turn", extra={"source": source, "error": str(error)[:300]}
         )
@@ -398,7 +407,16 @@ class ClaraVoiceAgent:
         self.context = context
 
     def _count_error(self) -> None:
+        self.count_error("persistence")
+
+    def count_error(self, source: ErrorSource) -> None:
+        """Count one error: PerformanceMetrics.error_count and clara_errors_total{source}."""
         self.metrics.error_count += 1
+        telemetry.count_error(source)
+
+    def outbox_pending(self) -> int | None:
+        """Undelivered outbox records (None without persistence); read by the health check."""
+        return None if self._recorder is None else self._recorder.outbox.pending_count()
 
     # -- room event handlers (synchronous: they hand the work to owned tasks) -------------
 
@@ -416,7 +434,7 @@ class ClaraVoiceAgent:
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            self.metrics.error_count += 1
+            self.count_error("session")
             self._log.error("room event handler failed", exc_info=exc)
 
 

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a SIGTERM waits for running jobs to finish before closing them.",
     )
+    job_shutdown_timeout: PositiveSeconds = Field(
+        default=30.0,
+        description="Seconds a closing job gets to end its sessions and flush the outbox "
+        "before it is killed.",
+    )
     num_idle_processes: int | None = Field(
         default=None,
         ge=0,
@@ -320,6 +325,11 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("ws", "wss", "http", "https") or not parsed.netloc:
             raise ValueError("must be a ws://, wss://, http:// or https:// URL with a host")
         return value
+
+    @field_validator("prometheus_port", "num_idle_processes", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("backend_url")
     @classmethod

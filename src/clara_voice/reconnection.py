@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from livekit import rtc
 
+from . import telemetry
 from .config import Settings
 from .logging import ContextLogger
 
@@ -170,6 +171,7 @@ class Reconnection:
     def _count_attempt(self, session: ParticipantSession) -> None:
         session.reconnection_attempts += 1
         self._agent.metrics.reconnection_count += 1
+        telemetry.count_reconnection()
 
     def _exhausted(self, session: ParticipantSession) -> bool:
         limit = self._settings.max_reconnection_attempts

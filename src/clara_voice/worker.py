@@ -8,21 +8,31 @@ ClaraVoiceAgent for the room and registers its ``aclose`` with the job's shutdow
 The worker also says clearly when it cannot reach LiveKit: livekit retries the connection
 with backoff and logs a terse warning; :class:`_ConnectionWatch` turns each one into one
 line naming the URL and the variable to set. The health endpoint answers 503 until the
-worker is registered, and again whenever its connection to LiveKit is lost.
+worker is registered, whenever its connection to LiveKit is lost, and while any agent in
+any job process fails its health check (seed 002).
+
+Metrics: livekit's Prometheus endpoint (``CLARA_PROMETHEUS_PORT``) in multiprocess mode, so
+it serves the job processes' metrics (:mod:`clara_voice.telemetry`) next to livekit's own.
+The folder the processes write them to is made by :func:`telemetry.multiprocess_dir` when
+the worker runs and removed when it stops; the worker reads its agents' health from it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from livekit.agents import AgentServer, JobContext, JobProcess, inference
 from livekit.agents.cli import AgentsConsole
+from livekit.agents.utils import aio
 
+from . import telemetry
 from .agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from .config import Settings
 from .logging import RenderFormat, configure_logging, get_logger
@@ -35,6 +45,9 @@ log = get_logger("clara_voice.worker")
 
 VAD_USERDATA_KEY = "vad"
 EOT_USERDATA_KEY = "eot"
+
+AGENTS_HEALTH_POLL = 2.0
+"""Seconds between the worker's reads of its agents' health (``clara_agent_unhealthy``)."""
 
 
 class ClaraWorker(AgentServer):
@@ -52,13 +65,23 @@ class ClaraWorker(AgentServer):
             port=settings.http_port,
             max_retry=settings.livekit_max_retry,
             drain_timeout=settings.drain_timeout,
+            # closing a job closes its sessions (pipelines bounded by CLOSE_TIMEOUT each) and
+            # flushes the outbox (CLARA_OUTBOX_FLUSH_TIMEOUT) before livekit kills it
+            shutdown_process_timeout=settings.job_shutdown_timeout,
             setup_fnc=partial(prewarm, settings=settings),
+            prometheus_port=settings.prometheus_port,
             **extra,
         )
         self.settings = settings
         self.gave_up = False
         self.registered = False
         self.last_connection_error: object = None
+        self.metrics_dir: Path | None = None
+        """The multiprocess metrics folder, while the worker runs."""
+        self.unhealthy_agents = 0
+        """Agents whose last health check failed, as of the last read."""
+        self._livekit_ok = True
+        self._agents_ok = True
         self.rtc_session(partial(entrypoint, settings=settings))
         self.on("worker_registered", self._on_registered)
 
@@ -71,7 +94,23 @@ class ClaraWorker(AgentServer):
         livekit_logger = logging.getLogger("livekit.agents")
         livekit_logger.addFilter(watch)
         try:
-            await super().run(devmode=devmode, unregistered=unregistered)
+            with telemetry.multiprocess_dir() as metrics_dir:
+                # livekit sets PROMETHEUS_MULTIPROC_DIR from this before its job processes
+                # start, and serves every process's metrics from it
+                self._prometheus_multiproc_dir = str(metrics_dir)
+                self.metrics_dir = metrics_dir
+                log.info(
+                    "metrics folder ready",
+                    extra={"path": str(metrics_dir), "prometheus_port": self._prometheus_port},
+                )
+                agents_watch = asyncio.create_task(
+                    self._watch_agents(metrics_dir), name="clara.worker.agents_health"
+                )
+                try:
+                    await super().run(devmode=devmode, unregistered=unregistered)
+                finally:
+                    await aio.cancel_and_wait(agents_watch)
+                    self.metrics_dir = None
         except RuntimeError as exc:
             if "failed to connect to livekit" not in str(exc):
                 raise
@@ -88,13 +127,67 @@ class ClaraWorker(AgentServer):
 
     @property
     def healthy(self) -> bool:
-        """What the health endpoint reports: False (503) until registered with LiveKit."""
+        """What the health endpoint reports: False (503) until registered with LiveKit, while
+        the connection is lost, and while an agent fails its health check."""
         return not self._connection_failed
 
     def _set_health(self, *, ok: bool) -> None:
+        """The LiveKit connection's side of the health endpoint."""
+        self._livekit_ok = ok
+        self._apply_health()
+
+    def _set_agents_health(self, unhealthy_agents: int) -> None:
+        """The agents' side of the health endpoint: ``unhealthy_agents`` fail their check."""
+        self.unhealthy_agents = unhealthy_agents
+        ok = unhealthy_agents == 0
+        if ok == self._agents_ok:
+            return
+        self._agents_ok = ok
+        self._apply_health()
+        if ok:
+            log.info("agents pass their health check again", extra={"healthy": self.healthy})
+        else:
+            log.warning(
+                "worker unhealthy: agents fail their health check",
+                extra={"unhealthy_agents": unhealthy_agents},
+            )
+
+    def _apply_health(self) -> None:
         # livekit's health endpoint answers 503 while this flag is set; livekit itself sets
-        # it only when it gives up, we hold it from the start until registration
-        self._connection_failed = not ok
+        # it only when it gives up, we hold it from the start until registration and while
+        # either side says unhealthy
+        self._connection_failed = not (self._livekit_ok and self._agents_ok)
+
+    async def _watch_agents(self, metrics_dir: Path) -> None:
+        ticker = aio.interval(AGENTS_HEALTH_POLL)
+        await ticker.tick()  # at once: the first read waits one period, for livekit's cleanup
+        failing = False
+        while True:
+            await ticker.tick()
+            try:
+                await self.check_agents(metrics_dir)
+            except Exception as exc:
+                if not failing:  # once per streak of failures, not every period
+                    log.error(
+                        "could not read the agents' health",
+                        exc_info=exc,
+                        extra={"path": str(metrics_dir)},
+                    )
+                failing = True
+            else:
+                failing = False
+
+    async def check_agents(self, metrics_dir: Path) -> int:
+        """Read how many agents fail their health check (dropping the gauges of ended
+        processes first) and set the health endpoint from it; that number."""
+
+        def read() -> int:
+            telemetry.sweep_dead_processes(metrics_dir)
+            return telemetry.unhealthy_agents(metrics_dir)
+
+        unhealthy = await asyncio.to_thread(read)
+        self._set_agents_health(unhealthy)
+        return unhealthy
 
     def _on_connection_failed(self, error: object) -> None:
         self.registered = False

@@ -1,0 +1,275 @@
+"""HealthMonitor: the periodic health check of one ClaraVoiceAgent (seed 002).
+
+Every ``health_check_interval`` seconds one round: warn about each session older than
+``stuck_session_threshold`` (a session nobody cleaned up), record the process's resident
+memory into ``PerformanceMetrics.memory_usage``, decide whether the agent is healthy, export
+the agent's gauges (:mod:`clara_voice.telemetry`) and log one summary line,
+``Health check - Sessions: X, Errors: Y, Memory: Z MB``.
+
+The agent is unhealthy when its event loop lags (some synchronous work holds the loop, so
+audio stutters and turns stall) by more than ``unhealthy_loop_lag``, or when its outbox
+holds more than ``unhealthy_outbox_pending`` undelivered records (the backend has been down
+for long). The lag is measured by a small ticker task: how late its timer fired, the worst
+since the previous round. An unhealthy agent sets ``clara_agent_unhealthy``, which the
+worker process reads to answer 503 on its health endpoint.
+
+A round that fails is logged and counted (error source ``health``) and the next one runs.
+The monitor sees the agent through :class:`AgentView`, so it does not import the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Protocol
+
+from livekit.agents.utils import aio
+
+from . import telemetry
+from .config import Settings
+from .logging import ContextLogger, get_logger
+from .metrics import PerformanceMetrics
+from .telemetry import ErrorSource
+
+SUMMARY_FORMAT = "Health check - Sessions: {sessions}, Errors: {errors}, Memory: {memory:.1f} MB"
+STUCK_FORMAT = "Session {session_id} has been active for over {minutes} minutes."
+
+MAX_LAG_TICK = 0.25
+"""Longest period of the loop-lag ticker (seconds); half the lag bound when that is smaller."""
+MIN_LAG_TICK = 0.02
+
+
+class SessionView(Protocol):
+    """What the monitor reads of a session (``ParticipantSession`` has it)."""
+
+    @property
+    def age_seconds(self) -> float: ...
+
+    @property
+    def connection_state(self) -> str: ...
+
+
+class AgentView(Protocol):
+    """What the monitor reads of its agent (``ClaraVoiceAgent`` provides it)."""
+
+    @property
+    def sessions(self) -> Mapping[str, SessionView]: ...
+
+    @property
+    def metrics(self) -> PerformanceMetrics: ...
+
+    def outbox_pending(self) -> int | None:
+        """Undelivered outbox records, or ``None`` when the agent has no outbox."""
+        ...
+
+    def count_error(self, source: ErrorSource) -> None:
+        """Count one error (``PerformanceMetrics.error_count`` and ``clara_errors_total``)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class HealthReport:
+    """What one round found."""
+
+    at: datetime
+    sessions: int
+    errors: int
+    reconnections: int
+    memory_mb: float
+    loop_lag: float
+    """Worst event-loop lag since the previous round, in seconds."""
+    outbox_pending: int | None
+    stuck_sessions: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    """Why the agent is unhealthy (empty when healthy)."""
+
+    @property
+    def healthy(self) -> bool:
+        return not self.reasons
+
+    @property
+    def summary(self) -> str:
+        """The seed's summary line."""
+        return SUMMARY_FORMAT.format(
+            sessions=self.sessions, errors=self.errors, memory=self.memory_mb
+        )
+
+
+class HealthMonitor:
+    """Runs the health check of one agent until :meth:`aclose`."""
+
+    def __init__(
+        self, view: AgentView, settings: Settings, *, log: ContextLogger | None = None
+    ) -> None:
+        self._view = view
+        self._interval = settings.health_check_interval
+        self._stuck_after = settings.stuck_session_threshold
+        self._max_lag = settings.unhealthy_loop_lag
+        self._max_pending = settings.unhealthy_outbox_pending
+        self._lag_tick = min(MAX_LAG_TICK, max(MIN_LAG_TICK, settings.unhealthy_loop_lag / 2))
+        self._log = log or get_logger("clara_voice.health")
+        self._gauges = telemetry.AgentGauges()
+        self._worst_lag = 0.0
+        self.healthy = True
+        self.last_report: HealthReport | None = None
+        self.rounds = 0
+        """Rounds that completed (failed rounds not included)."""
+        self._round_atask: asyncio.Task[None] | None = None
+        self._lag_atask: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._closed
+
+    async def start(self) -> None:
+        """Start the rounds (the first after one interval); idempotent."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        self.sessions_changed()
+        self._lag_atask = asyncio.create_task(self._measure_lag(), name="clara.health.loop_lag")
+        self._round_atask = asyncio.create_task(self._run(), name="clara.health.rounds")
+
+    async def aclose(self) -> None:
+        """Stop the rounds and take the agent's share out of the gauges; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._round_atask, self._lag_atask) if t is not None]
+        await aio.cancel_and_wait(*tasks)
+        self._round_atask = self._lag_atask = None
+        self._gauges.clear()
+
+    async def __aenter__(self) -> HealthMonitor:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def sessions_changed(self) -> None:
+        """Export the session gauges now (the agent added, removed or moved a session)
+        instead of at the next round; does nothing unless the monitor is running."""
+        if self.running:
+            self._gauges.set_session_states(self._session_states())
+
+    def check(self) -> HealthReport:
+        """One round: warn, measure, decide, export, log. Raises what a failing read raises."""
+        view = self._view
+        metrics = view.metrics
+        stuck = self._stuck_sessions()
+        metrics.memory_usage = telemetry.process_memory_mb()
+        lag, self._worst_lag = self._worst_lag, 0.0
+        pending = view.outbox_pending()
+        reasons: list[str] = []
+        if lag > self._max_lag:
+            reasons.append(f"event loop lag {lag * 1000:.0f} ms > {self._max_lag * 1000:.0f} ms")
+        if pending is not None and pending > self._max_pending:
+            reasons.append(f"outbox pending {pending} > {self._max_pending}")
+        report = HealthReport(
+            at=datetime.now(UTC),
+            sessions=len(view.sessions),
+            errors=metrics.error_count,
+            reconnections=metrics.reconnection_count,
+            memory_mb=metrics.memory_usage,
+            loop_lag=lag,
+            outbox_pending=pending,
+            stuck_sessions=stuck,
+            reasons=tuple(reasons),
+        )
+        if not self._closed:  # a closed agent's share is out of the gauges for good
+            self._export(report)
+        self._log_report(report)
+        self.last_report = report
+        self.rounds += 1
+        return report
+
+    # -- internals --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        ticker = aio.interval(self._interval)
+        await ticker.tick()  # the first tick returns at once: the first round waits one interval
+        while True:
+            await ticker.tick()
+            try:
+                self.check()
+            except Exception as exc:
+                self._log.error("health check failed", exc_info=exc)
+                try:
+                    self._view.count_error("health")
+                except Exception as count_exc:
+                    self._log.error("could not count the failed health check", exc_info=count_exc)
+
+    async def _measure_lag(self) -> None:
+        # how late a short timer fires is how long the loop was held by something else
+        loop = asyncio.get_running_loop()
+        ticker = aio.interval(self._lag_tick)
+        await ticker.tick()
+        expected = loop.time() + self._lag_tick
+        while True:
+            await ticker.tick()
+            now = loop.time()
+            self._worst_lag = max(self._worst_lag, now - expected)
+            expected = now + self._lag_tick
+
+    def _stuck_sessions(self) -> tuple[str, ...]:
+        minutes = f"{self._stuck_after / 60:g}"
+        stuck = []
+        for session_id, session in list(self._view.sessions.items()):
+            age = session.age_seconds
+            if age > self._stuck_after:
+                stuck.append(session_id)
+                self._log.warning(
+                    STUCK_FORMAT.format(session_id=session_id, minutes=minutes),
+                    extra={
+                        "session_id": session_id,
+                        "age_s": round(age, 1),
+                        "connection_state": session.connection_state,
+                    },
+                )
+        return tuple(stuck)
+
+    def _session_states(self) -> Counter[str]:
+        return Counter(s.connection_state for s in list(self._view.sessions.values()))
+
+    def _export(self, report: HealthReport) -> None:
+        self._gauges.set_session_states(self._session_states())
+        self._gauges.set_outbox_pending(report.outbox_pending or 0)
+        self._gauges.set_unhealthy(not report.healthy)
+        telemetry.set_memory_mb(report.memory_mb)
+
+    def _log_report(self, report: HealthReport) -> None:
+        if report.healthy != self.healthy:
+            self.healthy = report.healthy
+            if report.healthy:
+                self._log.info("agent healthy again")
+            else:
+                self._log.warning("agent unhealthy", extra={"reasons": list(report.reasons)})
+        extra: dict[str, object] = {
+            "sessions": report.sessions,
+            "errors": report.errors,
+            "reconnections": report.reconnections,
+            "memory_mb": round(report.memory_mb, 1),
+            "healthy": report.healthy,
+            "loop_lag_ms": round(report.loop_lag * 1000, 1),
+            "outbox_pending": report.outbox_pending,
+        }
+        if report.reasons:
+            extra["reasons"] = list(report.reasons)
+        level = logging.INFO if report.healthy else logging.WARNING
+        self._log.log(level, report.summary, extra=extra)
+
+
+__all__ = ["AgentView", "HealthMonitor", "HealthReport", "SessionView"]
