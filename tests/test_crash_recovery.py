@@ -1,9 +1,11 @@
 """A job process killed with SIGKILL loses no acknowledged record: the next one delivers it.
 
-The child (``tests/outbox_writer_proc.py``) puts turn records into an outbox whose backend
+The first child (``tests/outbox_writer_proc.py``) puts turn records into an outbox whose backend
 is down and prints each key once ``put`` returned; the test kills it mid-stream, then an
 outbox of its own on the same data directory adopts the dead process's file and delivers
-everything to a real :class:`SQLiteBackend`.
+everything to a real :class:`SQLiteBackend`. The second child (``tests/agent_proc.py``)
+runs a real ClaraVoiceAgent mid-conversation, so the whole path (agent → recorder →
+outbox) is killed, and the next job's agent delivers every acknowledged turn once.
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class CountingBackend:
         await self.inner.aclose()
 
 
-async def run_and_kill(data: Path, stderr_path: Path) -> list[str]:
+async def run_and_kill(
+    data: Path, stderr_path: Path, *args: str, module: str = "tests.outbox_writer_proc"
+) -> list[str]:
     """Start the writer process, SIGKILL it after some acknowledgements; every key it
     acknowledged, in the order it printed them."""
     env = dict(os.environ)
@@ -55,10 +59,9 @@ async def run_and_kill(data: Path, stderr_path: Path) -> list[str]:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "tests.outbox_writer_proc",
+            module,
             str(data),
-            str(SESSIONS),
-            "100000",
+            *args,
             cwd=REPO,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -87,7 +90,7 @@ async def test_records_acknowledged_by_a_killed_process_are_delivered_once(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    acked = await run_and_kill(data, tmp_path / "writer.stderr")
+    acked = await run_and_kill(data, tmp_path / "writer.stderr", str(SESSIONS), "100000")
     [orphan] = (data / "outbox").glob("*.db")  # the dead process's file, lock released
 
     store = SQLiteBackend(tmp_path / "store" / DB_FILENAME)
@@ -121,3 +124,36 @@ async def test_records_acknowledged_by_a_killed_process_are_delivered_once(
     conn.close()
     assert stored == set(calls)
     assert list((data / "outbox").iterdir()) == []  # the new outbox's own file, empty, removed
+
+
+async def test_a_worker_killed_mid_conversation_loses_no_acknowledged_turn(
+    tmp_path: Path,
+) -> None:
+    """The whole path: agent → recorder → outbox, killed; the next job delivers it all."""
+    from clara_voice.agent import ClaraVoiceAgent
+    from clara_voice.config import load_settings
+
+    from .agent_proc import CONVERSATION
+    from .fakes import FakePipelineFactory, FakeRoom
+
+    data = tmp_path / "data"
+    acked = await run_and_kill(data, tmp_path / "agent.stderr", module="tests.agent_proc")
+    assert len({key.split(":")[1] for key in acked}) == 2  # both sessions were talking
+
+    settings = load_settings(data_dir=data, outbox_retry_max=0.05)
+    store = SQLiteBackend(data / DB_FILENAME)
+    backend = CountingBackend(store)
+    agent = ClaraVoiceAgent(FakeRoom(), settings, pipeline=FakePipelineFactory(), backend=backend)
+    await agent.start()
+    assert agent.recorder is not None
+    async with asyncio.timeout(15):
+        await agent.recorder.outbox.wait_drained()
+    await agent.aclose()
+
+    delivered = Counter(key for key in backend.calls if key.startswith("turn:"))
+    assert set(acked) <= set(delivered)  # every acknowledged turn arrived
+    assert set(delivered.values()) == {1}  # exactly once
+    stored = await SQLiteBackend(data / DB_FILENAME).get_recent_messages(CONVERSATION, 100_000)
+    for identity in ("alice", "bob"):
+        texts = [m.text for m in stored if m.text.startswith(identity)]
+        assert texts == [f"{identity} {n}" for n in range(len(texts))]  # in order, no gap
