@@ -39,12 +39,13 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote
 
 from aiohttp import web
 from multidict import CIMultiDict
+
+from clara_voice._lifecycle import AsyncService
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -95,7 +96,7 @@ class _BadRequest(Exception):
     pass
 
 
-class LoopbackBackend:
+class LoopbackBackend(AsyncService):
     """A team backend stand-in on 127.0.0.1; use ``async with``."""
 
     def __init__(
@@ -153,18 +154,6 @@ class LoopbackBackend:
         async with asyncio.timeout(DEFAULT_TIMEOUT):
             while self._closed_listeners:
                 await self._closed_listeners.pop().wait_closed()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def up(self) -> None:
         """Listen again on the same port after ``fail("down")``."""

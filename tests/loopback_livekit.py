@@ -33,13 +33,14 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 import aiohttp
 from aiohttp import web
 from livekit import api
 from livekit.protocol import agent, models
+
+from clara_voice._lifecycle import AsyncService
 
 T = TypeVar("T")
 
@@ -107,7 +108,7 @@ class OfferedJob:
         return self.token is not None
 
 
-class LoopbackLiveKit:
+class LoopbackLiveKit(AsyncService):
     """A LiveKit server stand-in on 127.0.0.1 for one worker; use ``async with``."""
 
     def __init__(
@@ -174,18 +175,6 @@ class LoopbackLiveKit:
             task.cancel()
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- what tests wait on ---------------------------------------------------------------
 

@@ -73,14 +73,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import aiohttp
 import av
 import numpy as np
 from aiohttp import web
 from livekit import rtc
+
+from clara_voice._lifecycle import AsyncService
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -253,7 +254,7 @@ def _abort(request: web.Request) -> None:
 # -- shared server plumbing ---------------------------------------------------------------
 
 
-class _LoopbackServer:
+class _LoopbackServer(AsyncService):
     """Lifecycle, handler tracking and ``wait_for`` shared by both peers."""
 
     def __init__(self, *, host: str) -> None:
@@ -297,18 +298,6 @@ class _LoopbackServer:
             task.cancel()
         if self._handlers:
             await asyncio.gather(*self._handlers, return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _tracked(self, handler: Handler) -> Handler:
         async def run(request: web.Request) -> web.StreamResponse:

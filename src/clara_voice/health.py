@@ -25,12 +25,12 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Protocol
 
 from livekit.agents.utils import aio
 
 from . import telemetry
+from ._lifecycle import AsyncService
 from .config import Settings
 from .logging import ContextLogger, get_logger
 from .metrics import PerformanceMetrics
@@ -100,7 +100,7 @@ class HealthReport:
         )
 
 
-class HealthMonitor:
+class HealthMonitor(AsyncService):
     """Runs the health check of one agent until :meth:`aclose`."""
 
     def __init__(
@@ -146,18 +146,6 @@ class HealthMonitor:
         await aio.cancel_and_wait(*tasks)
         self._round_atask = self._lag_atask = None
         self._gauges.clear()
-
-    async def __aenter__(self) -> HealthMonitor:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def sessions_changed(self) -> None:
         """Export the session gauges now (the agent added, removed or moved a session)

@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 from pydantic import SecretStr
 from yarl import URL
 
+from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
 
 from .base import BackendError, OutboxRecord, RecordKind, StoredMessage
@@ -48,7 +48,7 @@ _EXCERPT_CHARS = 200
 _REDACTED = "[redacted]"
 
 
-class HttpBackend:
+class HttpBackend(AsyncService):
     """The :class:`~clara_voice.persistence.base.Backend` of a team's own HTTP API.
 
     ``base_url`` is the API root (``https://api.example.com/clara``); ``token``, when set,
@@ -92,18 +92,6 @@ class HttpBackend:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- Backend -------------------------------------------------------------------------------
 

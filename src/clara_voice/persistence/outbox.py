@@ -38,11 +38,11 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from livekit.agents.utils import aio
 
+from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
 
 from ._outbox_files import SCHEMA_VERSION as SCHEMA_VERSION
@@ -74,7 +74,7 @@ class OutboxStats:
     last_error: str | None = None
 
 
-class Outbox:
+class Outbox(AsyncService):
     """Commits records locally, acknowledges them, and delivers them to ``backend`` in order.
 
     ``directory`` is the data directory (the files go to ``directory/outbox/``). A failing
@@ -280,18 +280,6 @@ class Outbox:
                 "dead_lettered": self._stats.dead_lettered,
             },
         )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- the thread ------------------------------------------------------------------------
 

@@ -52,9 +52,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
+from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
 
 from .base import BackendError, OutboxRecord, StoredMessage
@@ -135,7 +135,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 """The version this build creates and reads."""
 
 
-class SQLiteBackend:
+class SQLiteBackend(AsyncService):
     """The embedded conversation store on the SQLite file ``path`` (created if missing)."""
 
     def __init__(self, path: Path) -> None:
@@ -185,18 +185,6 @@ class SQLiteBackend:
             await asyncio.shield(asyncio.wrap_future(self._executor.submit(self._db_close)))
         finally:
             self._executor.shutdown(wait=True)  # the last job has ended: the thread is idle
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _call(self, job: Callable[[], T]) -> T:
         if self._closed:
