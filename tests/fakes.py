@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from livekit import rtc
-from livekit.rtc._proto import handle_pb2, participant_pb2
+from livekit.rtc._proto import handle_pb2, participant_pb2, track_pb2
 
+from clara_voice.config import SessionType
 from clara_voice.sessions import ParticipantSession
+from clara_voice.turns import EffectiveConfig, expected_effective
 
 _sids = itertools.count(1)
 
@@ -44,6 +46,30 @@ def make_participant(
     return rtc.RemoteParticipant(owned)
 
 
+def make_publication(
+    *,
+    source: int = rtc.TrackSource.SOURCE_MICROPHONE,
+    muted: bool = False,
+    sid: str | None = None,
+) -> rtc.RemoteTrackPublication:
+    """A real ``rtc.RemoteTrackPublication`` (no FFI handle behind it)."""
+    kind = (
+        rtc.TrackKind.KIND_AUDIO
+        if source in (rtc.TrackSource.SOURCE_MICROPHONE, rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO)
+        else rtc.TrackKind.KIND_VIDEO
+    )
+    info = track_pb2.TrackPublicationInfo(
+        sid=sid or f"TR_{next(_sids)}",
+        name="microphone" if source == rtc.TrackSource.SOURCE_MICROPHONE else "track",
+        kind=kind,  # type: ignore[arg-type]
+        source=source,  # type: ignore[arg-type]
+        muted=muted,
+        remote=True,
+    )
+    owned = track_pb2.OwnedTrackPublication(handle=handle_pb2.FfiOwnedHandle(id=0), info=info)
+    return rtc.RemoteTrackPublication(owned)
+
+
 class FakeLocalParticipant:
     """The agent's own participant in the fake room (RPC registry as in the SDK)."""
 
@@ -52,6 +78,34 @@ class FakeLocalParticipant:
         self.sid = "PA_agent"
         self.attributes: dict[str, str] = {}
         self.rpc_handlers: dict[str, Callable[[rtc.RpcInvocationData], Awaitable[str]]] = {}
+        self.attribute_writes: list[dict[str, str]] = []
+        self.published: list[tuple[str, str, list[str]]] = []
+        """``(topic, payload, destination_identities)`` of every publish_data call."""
+        self.publish_error: Exception | None = None
+
+    async def set_attributes(self, attributes: dict[str, str]) -> None:
+        """As the SDK: the given keys are set, an empty value deletes its key."""
+        if self.publish_error is not None:
+            raise self.publish_error
+        self.attribute_writes.append(dict(attributes))
+        for key, value in attributes.items():
+            if value:
+                self.attributes[key] = value
+            else:
+                self.attributes.pop(key, None)
+
+    async def publish_data(
+        self,
+        payload: bytes | str,
+        *,
+        reliable: bool = True,
+        destination_identities: list[str] | None = None,
+        topic: str = "",
+    ) -> None:
+        if self.publish_error is not None:
+            raise self.publish_error
+        text = payload.decode() if isinstance(payload, bytes) else payload
+        self.published.append((topic, text, list(destination_identities or [])))
 
     def register_rpc_method(self, method: str, handler: Any) -> Any:
         self.rpc_handlers[method] = handler
@@ -141,6 +195,42 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
         participant._connection_quality = quality
         self.emit("connection_quality_changed", participant, quality)
 
+    def set_attributes(self, identity: str, attributes: Mapping[str, str]) -> None:
+        """``identity`` changes its attributes (an empty value deletes its key)."""
+        participant = self.remote_participants[identity]
+        changed = dict(attributes)
+        current = dict(participant._info.attributes)
+        for key, value in changed.items():
+            if value:
+                current[key] = value
+            else:
+                current.pop(key, None)
+        participant._info.attributes.clear()
+        participant._info.attributes.update(current)
+        self.emit("participant_attributes_changed", changed, participant)
+
+    def publish_track(
+        self, identity: str, *, source: int = rtc.TrackSource.SOURCE_MICROPHONE, muted: bool = False
+    ) -> rtc.RemoteTrackPublication:
+        """``identity`` publishes a track (a microphone unless told)."""
+        participant = self.remote_participants[identity]
+        publication = make_publication(source=source, muted=muted)
+        participant._track_publications[publication.sid] = publication
+        self.emit("track_published", publication, participant)
+        return publication
+
+    def unpublish_track(self, identity: str, sid: str) -> None:
+        participant = self.remote_participants[identity]
+        publication = participant._track_publications.pop(sid)
+        self.emit("track_unpublished", publication, participant)
+
+    def mute_track(self, identity: str, sid: str, muted: bool = True) -> None:
+        """``identity`` mutes (or unmutes) one of its tracks."""
+        participant = self.remote_participants[identity]
+        publication = participant._track_publications[sid]
+        publication._info.muted = muted
+        self.emit("track_muted" if muted else "track_unmuted", participant, publication)
+
     # -- the subset of rtc.Room's API the job uses ---------------------------------------
 
     def isconnected(self) -> bool:
@@ -176,11 +266,13 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
 
 
 class FakePipeline:
-    def __init__(self, identity: str) -> None:
+    def __init__(self, identity: str, *, session_type: SessionType = "voice-vad") -> None:
         self.identity = identity
         self.relinked: list[str] = []
         self.close_calls = 0
         self.close_error: Exception | None = None
+        self.session_type = session_type
+        self.session_type_calls: list[SessionType] = []
 
     @property
     def closed(self) -> bool:
@@ -188,6 +280,13 @@ class FakePipeline:
 
     def relink(self, identity: str) -> None:
         self.relinked.append(identity)
+
+    def set_session_type(self, session_type: SessionType) -> None:
+        self.session_type_calls.append(session_type)
+        self.session_type = session_type
+
+    def effective(self) -> EffectiveConfig:
+        return expected_effective(self.session_type)
 
     async def aclose(self) -> None:
         self.close_calls += 1

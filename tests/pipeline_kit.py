@@ -1,18 +1,34 @@
 """Running the real pipeline offline: livekit's I/O seams instead of a room, loopback
-providers instead of the cloud, and real speech from espeak-ng."""
+providers instead of the cloud, and real speech from espeak-ng.
+
+:func:`running_harness` runs a ClaraVoiceAgent with the real LiveKitPipelineFactory over
+:class:`SeamMedia`; each test module wraps it in its own ``harness`` fixture.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from livekit import rtc
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, inference
+from livekit.agents.utils import http_context
 
+from clara_voice.agent import ClaraVoiceAgent
 from clara_voice.assistant import ClaraAssistant
-from clara_voice.config import SessionType
+from clara_voice.config import SessionType, Settings, load_settings
+from clara_voice.pipeline import LiveKitPipelineFactory
+from clara_voice.sessions import ParticipantSession
+from clara_voice.turns import SESSION_TYPE_ATTRIBUTE
 
-from .audio import CaptureAudioOutput, CaptureTextOutput, WavAudioInput
+from .audio import CaptureAudioOutput, CaptureTextOutput, WavAudioInput, load_frames, speech_wav
+from .fakes import FakeRoom, make_participant
+from .loopback_providers import LoopbackDeepgram, LoopbackOpenAI
 
 
 @dataclass
@@ -36,7 +52,9 @@ class ParticipantMedia:
 class SeamMedia:
     """A MediaBinding that links livekit's audio input/output and text output seams.
 
-    In production ``RoomMedia`` links the same seams to the room's tracks and streams.
+    In production ``RoomMedia`` links the same seams to the room's tracks and streams. Every
+    participant gets a microphone and a speaker, as ``RoomMedia`` binds audio whatever the
+    session type (it may switch); the AgentSession's enabled flags decide what is used.
     """
 
     def __init__(self) -> None:
@@ -52,11 +70,10 @@ class SeamMedia:
         session_type: SessionType,
     ) -> ParticipantMedia:
         media = ParticipantMedia(session_type=session_type, agent_session=agent_session)
-        if session_type != "text":
-            media.mic = self.make_mic()
-            media.speaker = CaptureAudioOutput()
-            agent_session.input.audio = media.mic
-            agent_session.output.audio = media.speaker
+        media.mic = self.make_mic()
+        media.speaker = CaptureAudioOutput()
+        agent_session.input.audio = media.mic
+        agent_session.output.audio = media.speaker
         agent_session.output.transcription = media.text
         self.participants[participant.identity] = media
         await agent_session.start(assistant)
@@ -68,3 +85,77 @@ class SeamMedia:
 
     def __getitem__(self, identity: str) -> ParticipantMedia:
         return self.participants[identity]
+
+
+TURN_TIMEOUT = 20.0
+
+
+async def until(predicate: Callable[[], object], *, timeout: float, what: str) -> None:
+    """Wait (bounded) for a condition the pipeline reaches asynchronously."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def spoken(server: LoopbackOpenAI) -> str:
+    """Everything the TTS was asked to say (livekit sends it sentence by sentence)."""
+    return " ".join(str(request["input"]) for request in server.speech_requests)
+
+
+def user_texts(request: dict[str, Any]) -> list[str]:
+    return [str(m["content"]) for m in request["messages"] if m["role"] == "user"]
+
+
+@dataclass
+class Harness:
+    agent: ClaraVoiceAgent
+    room: FakeRoom
+    media: SeamMedia
+    openai: LoopbackOpenAI
+    deepgram: LoopbackDeepgram
+    settings: Settings
+
+    async def join(self, identity: str, session_type: str | None = None) -> ParticipantSession:
+        attributes = {SESSION_TYPE_ATTRIBUTE: session_type} if session_type else {}
+        participant = make_participant(identity, attributes=attributes)
+        self.room.remote_participants[identity] = participant
+        session = await self.agent.on_participant_joined(participant)
+        assert session is not None, f"{identity} got no session"
+        return session
+
+    def speak(self, identity: str, text: str) -> Any:
+        mic = self.media[identity].mic
+        assert mic is not None
+        return mic.say(load_frames(speech_wav(text)))
+
+
+@contextlib.asynccontextmanager
+async def running_harness(room: FakeRoom, data_dir: Path) -> AsyncIterator[Harness]:
+    """A started ClaraVoiceAgent with the real pipeline factory and loopback providers;
+    a test module's ``harness`` fixture wraps it."""
+    async with LoopbackOpenAI() as openai_server, LoopbackDeepgram() as deepgram_server:
+        settings = load_settings(
+            data_dir=data_dir,
+            stt_base_url=deepgram_server.base_url,
+            llm_base_url=openai_server.base_url,
+            tts_base_url=openai_server.base_url,
+            provider_max_retry=0,
+            provider_retry_interval=0.0,
+            provider_timeout=5.0,
+        )
+        http_context._new_session_ctx()  # what livekit's job runner provides to plugins
+        media = SeamMedia()
+        vad = inference.VAD(
+            min_silence_duration=settings.vad_min_silence_duration,
+            activation_threshold=settings.vad_activation_threshold,
+        )
+        factory = LiveKitPipelineFactory(settings, vad=vad, media=media)
+        agent = ClaraVoiceAgent(room, settings, pipeline=factory)
+        await agent.start()
+        try:
+            yield Harness(agent, room, media, openai_server, deepgram_server, settings)
+        finally:
+            await agent.aclose()
+            await http_context._close_http_ctx()

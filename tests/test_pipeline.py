@@ -5,114 +5,24 @@ captured at livekit's audio output seam."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from livekit import rtc
-from livekit.agents import inference
-from livekit.agents.utils import http_context
 
-from clara_voice.agent import ClaraVoiceAgent
-from clara_voice.config import Settings, load_settings
-from clara_voice.pipeline import LiveKitPipelineFactory
-from clara_voice.sessions import ParticipantSession
-from clara_voice.turns import RPC_END_TURN, RPC_START_TURN, SESSION_TYPE_ATTRIBUTE
+from clara_voice.turns import RPC_END_TURN, RPC_START_TURN
 
-from .audio import energy, load_frames, speech_wav
+from .audio import energy
 from .conftest import other_tasks
-from .fakes import FakeRoom, make_participant
-from .loopback_providers import LoopbackDeepgram, LoopbackOpenAI
-from .pipeline_kit import SeamMedia
-
-TURN_TIMEOUT = 20.0
-
-
-async def until(predicate: Callable[[], object], *, timeout: float, what: str) -> None:
-    """Wait (bounded) for a condition the pipeline reaches asynchronously."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def spoken(server: LoopbackOpenAI) -> str:
-    """Everything the TTS was asked to say (livekit sends it sentence by sentence)."""
-    return " ".join(str(request["input"]) for request in server.speech_requests)
-
-
-def user_texts(request: dict[str, Any]) -> list[str]:
-    return [str(m["content"]) for m in request["messages"] if m["role"] == "user"]
-
-
-@dataclass
-class Harness:
-    agent: ClaraVoiceAgent
-    room: FakeRoom
-    media: SeamMedia
-    openai: LoopbackOpenAI
-    deepgram: LoopbackDeepgram
-    settings: Settings
-
-    async def join(self, identity: str, session_type: str | None = None) -> ParticipantSession:
-        attributes = {SESSION_TYPE_ATTRIBUTE: session_type} if session_type else {}
-        participant = make_participant(identity, attributes=attributes)
-        self.room.remote_participants[identity] = participant
-        session = await self.agent.on_participant_joined(participant)
-        assert session is not None, f"{identity} got no session"
-        return session
-
-    def speak(self, identity: str, text: str) -> Any:
-        mic = self.media[identity].mic
-        assert mic is not None
-        return mic.say(load_frames(speech_wav(text)))
+from .fakes import FakeRoom
+from .pipeline_kit import TURN_TIMEOUT, Harness, running_harness, spoken, until, user_texts
 
 
 @pytest.fixture
-async def openai_server() -> AsyncIterator[LoopbackOpenAI]:
-    async with LoopbackOpenAI() as server:
-        yield server
-
-
-@pytest.fixture
-async def deepgram_server() -> AsyncIterator[LoopbackDeepgram]:
-    async with LoopbackDeepgram() as server:
-        yield server
-
-
-@pytest.fixture
-async def harness(
-    room: FakeRoom,
-    tmp_path: Any,
-    openai_server: LoopbackOpenAI,
-    deepgram_server: LoopbackDeepgram,
-) -> AsyncIterator[Harness]:
-    settings = load_settings(
-        data_dir=tmp_path / "data",
-        stt_base_url=deepgram_server.base_url,
-        llm_base_url=openai_server.base_url,
-        tts_base_url=openai_server.base_url,
-        provider_max_retry=0,
-        provider_retry_interval=0.0,
-        provider_timeout=5.0,
-    )
-    http_context._new_session_ctx()  # what livekit's job runner provides to plugins
-    media = SeamMedia()
-    vad = inference.VAD(
-        min_silence_duration=settings.vad_min_silence_duration,
-        activation_threshold=settings.vad_activation_threshold,
-    )
-    factory = LiveKitPipelineFactory(settings, vad=vad, media=media)
-    agent = ClaraVoiceAgent(room, settings, pipeline=factory)
-    await agent.start()
-    try:
-        yield Harness(agent, room, media, openai_server, deepgram_server, settings)
-    finally:
-        await agent.aclose()
-        await http_context._close_http_ctx()
+async def harness(room: FakeRoom, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with running_harness(room, tmp_path / "data") as running:
+        yield running
 
 
 async def test_a_spoken_question_is_transcribed_answered_and_measured(harness: Harness) -> None:
@@ -236,8 +146,8 @@ async def test_text_sessions_answer_text_with_text(harness: Harness) -> None:
     session = await harness.join("carol", "text")
     assert session.session_type == "text"
     media = harness.media["carol"]
-    assert media.mic is None
-    assert media.speaker is None
+    assert not media.agent_session.input.audio_enabled  # bound (the type may switch), unused
+    assert not media.agent_session.output.audio_enabled
 
     harness.room.send_text("carol", "Hello, can you read me?")
     reply = await media.text.next_reply(timeout=TURN_TIMEOUT)

@@ -38,6 +38,7 @@ from .sessions import (
     check_transition,
     new_session_id,
 )
+from .sync import SessionSync
 from .telemetry import ErrorSource
 
 CONNECT_FAILED_MESSAGE = (
@@ -100,6 +101,7 @@ class ClaraVoiceAgent:
         self._session_by_identity: dict[str, str] = {}
         self._reconnection = Reconnection(self, settings, self._log)
         self._health = HealthMonitor(self, settings, log=self._log)
+        self._sync = SessionSync(self, settings, log=self._log)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
@@ -139,6 +141,7 @@ class ClaraVoiceAgent:
         self._room.on("participant_connected", self._on_participant_connected)
         self._room.on("participant_disconnected", self._on_participant_disconnected)
         self._reconnection.start()
+        await self._sync.start()
         for participant in list(self._room.remote_participants.values()):
             self._on_participant_connected(participant)
         self._log.info("agent started", extra={"participants": len(self._room.remote_participants)})
@@ -150,6 +153,7 @@ class ClaraVoiceAgent:
             return
         self._closed = True
         await self._health.aclose()
+        await self._sync.aclose()
         if self._started:
             self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_disconnected", self._on_participant_disconnected)
@@ -213,6 +217,7 @@ class ClaraVoiceAgent:
         self.sessions[session_id] = session
         self._session_by_identity[identity] = session_id
         self._health.sessions_changed()
+        self._sync.session_created(session)
         log.info("participant joined")
         self._participant_joined(participant)
 
@@ -328,6 +333,7 @@ class ClaraVoiceAgent:
         session.log.info(
             "connection state changed", extra={"from": old, "to": new, "reason": reason}
         )
+        self._sync.state_changed(session, old, new, reason=reason)
 
     # -- what the pipelines report (PipelineObserver) ---------------------------------------
 

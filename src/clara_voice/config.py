@@ -178,6 +178,10 @@ class Settings(BaseSettings):
         ge=1,
         description="Undelivered outbox records that make an agent's health check fail.",
     )
+    sync_interval: PositiveSeconds = Field(
+        default=5.0,
+        description="Seconds between checks of each session against the room (seed 003).",
+    )
     max_reconnection_attempts: int = Field(
         default=5, ge=1, description="Pipeline re-establish attempts before a session is closed."
     )

@@ -16,6 +16,10 @@ Decisions:
   (turns.py), not by livekit's per-session room input, which serves one participant only.
 - When a provider fails a turn for good (after livekit's retries and fallbacks), the
   participant hears, or in a text session reads, ``CLARA_APOLOGY`` instead of silence.
+- Every AgentSession has the whole pipeline and media that can carry audio, whatever its
+  session type; the type only turns audio and turn detection on or off
+  (``turns.apply_session_type``), so ``set_session_type`` can switch it while the
+  participant is connected and the conversation goes on in the same AgentSession.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from livekit import rtc
 from livekit.agents import AgentSession, llm, vad
-from livekit.agents.types import NOT_GIVEN
 from livekit.agents.voice import room_io
 from livekit.agents.voice.events import ConversationItemAddedEvent, ErrorEvent
 
@@ -39,7 +42,16 @@ from .assistant import ClaraAssistant
 from .config import SessionType, Settings
 from .conversation import HistoryMessage
 from .providers import Providers, build_providers, connect_options
-from .turns import ChatRouter, PushToTalk, resolve_session_type, turn_handling
+from .turns import (
+    SESSION_TYPE_CONFIGS,
+    ChatRouter,
+    EffectiveConfig,
+    PushToTalk,
+    TurnDetectionKind,
+    apply_session_type,
+    resolve_session_type,
+    turn_handling,
+)
 
 if TYPE_CHECKING:
     from .sessions import ParticipantSession, TurnMetrics
@@ -54,6 +66,15 @@ class VoicePipeline(Protocol):
     def relink(self, identity: str) -> None:
         """Re-link the pipeline's media to ``identity`` (after a drop or a rejoin) without
         losing the conversation."""
+        ...
+
+    def set_session_type(self, session_type: SessionType) -> None:
+        """Switch the session type while connected, keeping the conversation; a no-op for
+        the current type."""
+        ...
+
+    def effective(self) -> EffectiveConfig:
+        """What the pipeline actually does now (compare with ``turns.expected_effective``)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -101,7 +122,11 @@ class MediaLink(Protocol):
 
 
 class MediaBinding(Protocol):
-    """Connects an AgentSession to its participant's audio and text and starts it."""
+    """Connects an AgentSession to its participant's audio and text and starts it.
+
+    The audio input and output are bound whatever the session type (which may change
+    later); the AgentSession's enabled flags, already set for the type, decide what is used.
+    """
 
     async def start(
         self,
@@ -126,13 +151,12 @@ class RoomMedia:
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
     ) -> MediaLink:
-        voice = session_type != "text"
         options = room_io.RoomOptions(
             participant_identity=participant.identity,
             close_on_disconnect=False,  # ClaraVoiceAgent owns what a disconnect means
             text_input=False,  # routed per room by ChatRouter
-            audio_input=voice,
-            audio_output=voice,
+            audio_input=True,  # even for text: the session type may switch to voice
+            audio_output=True,
             text_output=True,
         )
         link = room_io.RoomIO(agent_session, room, options=options)
@@ -195,13 +219,13 @@ class LiveKitPipelineFactory:
         session.session_type = resolve_session_type(
             participant, settings.default_session_type, session.log
         )
-        voice = session.session_type != "text"
+        eot = _once(self._turn_detector)
         agent_session: AgentSession[Any] = AgentSession(
-            stt=self._providers.stt if voice else NOT_GIVEN,
-            vad=self._vad if voice else None,
+            stt=self._providers.stt,
+            vad=self._vad,
             llm=self._providers.llm,
-            tts=self._providers.tts if voice else NOT_GIVEN,
-            turn_handling=turn_handling(settings, session.session_type, self._turn_detector),
+            tts=self._providers.tts,
+            turn_handling=turn_handling(settings, session.session_type, eot),
             conn_options=connect_options(settings),
             session_close_transcript_timeout=0.5,
             user_away_timeout=None,
@@ -210,8 +234,11 @@ class LiveKitPipelineFactory:
             agent_session=agent_session,
             session=session,
             observer=observer,
-            apology=settings.apology,
+            settings=settings,
+            eot=eot,
         )
+        # before the media is attached, so nothing is heard or said that the type forbids
+        apply_session_type(agent_session, session.session_type, settings, eot)
         try:
             pipeline.media = await self._media.start(
                 agent_session,
@@ -257,12 +284,15 @@ class LiveKitPipeline:
         agent_session: AgentSession[Any],
         session: ParticipantSession,
         observer: PipelineObserver,
-        apology: str,
+        settings: Settings,
+        eot: Callable[[], Any],
     ) -> None:
         self.agent_session = agent_session
         self._session = session
         self._observer = observer
-        self._apology = apology
+        self._settings = settings
+        self._eot = eot
+        self._apology = settings.apology
         self._pending_user: llm.ChatMessage | None = None
         self._routes: tuple[ChatRouter, PushToTalk] | None = None
         self._identity = session.participant_id
@@ -277,8 +307,56 @@ class LiveKitPipeline:
         chat, push_to_talk = routes
         self._routes = routes
         chat.add(identity, self.handle_text)
-        if self._session.session_type == "voice-ptt":
+        if SESSION_TYPE_CONFIGS[self._session.session_type].push_to_talk:
             push_to_talk.add(identity, self.agent_session)
+
+    def set_session_type(self, session_type: SessionType) -> None:
+        """Switch to ``session_type`` in the same AgentSession (the conversation goes on).
+
+        Leaving voice drops the user's unfinished turn and stops the reply being spoken;
+        entering or leaving push-to-talk registers or unregisters the caller's RPC routing.
+        """
+        old = self._session.session_type
+        if session_type == old or self._closed:
+            return
+        session = self.agent_session
+        was, now = SESSION_TYPE_CONFIGS[old], SESSION_TYPE_CONFIGS[session_type]
+        if was.push_to_talk and self._routes is not None:
+            self._routes[1].remove(self._identity, session)
+        apply_session_type(session, session_type, self._settings, self._eot)
+        # RuntimeError: livekit closed the session, or a reply cannot be interrupted
+        if was.voice_activity and not now.audio_input:
+            # half-heard speech must not become a turn later (push-to-talk's start_turn
+            # clears it too, but a text message would not)
+            with contextlib.suppress(RuntimeError):
+                session.clear_user_turn()
+        if was.audio_output and not now.audio_output:
+            with contextlib.suppress(RuntimeError):
+                session.interrupt()
+        if now.push_to_talk and self._routes is not None:
+            self._routes[1].add(self._identity, session)
+        self._session.session_type = session_type
+        self._session.log.info(
+            "session type switched", extra={"old_type": old, "session_type": session_type}
+        )
+
+    def effective(self) -> EffectiveConfig:
+        """The AgentSession's live state, in seed 003's terms."""
+        session = self.agent_session
+        push_to_talk = self._routes is not None and self._routes[1].serves(self._identity, session)
+        detection: TurnDetectionKind
+        if session.turn_detection != "manual":
+            detection = "server"
+        else:
+            detection = "client" if push_to_talk else "none"
+        audio_in, audio_out = session.input.audio_enabled, session.output.audio_enabled
+        return {
+            "session_type": self._session.session_type,
+            "turn_detection": detection,
+            "voice_activity_enabled": audio_out and (audio_in or push_to_talk),
+            "audio_input_enabled": audio_in,
+            "audio_output_enabled": audio_out,
+        }
 
     def relink(self, identity: str) -> None:
         """Re-subscribe to the participant's media; the AgentSession and its
@@ -343,7 +421,8 @@ class LiveKitPipeline:
             self._observer.on_pipeline_closed(self._session, reason)
 
     def _apologize(self, *, tts_failed: bool) -> None:
-        speaking = self.agent_session.output.audio is not None
+        output = self.agent_session.output
+        speaking = output.audio is not None and output.audio_enabled
         audio = apology_audio() if speaking and tts_failed else None
         try:
             if audio is not None:
@@ -393,6 +472,19 @@ def _turn_metrics(user: llm.ChatMessage | None, reply: llm.ChatMessage) -> TurnM
         tts_ttfb=said.get("tts_node_ttfb"),
         e2e_latency=said.get("e2e_latency"),
     )
+
+
+def _once(make: Callable[[], Any]) -> Callable[[], Any]:
+    """``make``, called at most once (a session switching back to voice-vad reuses its
+    end-of-turn model)."""
+    made: list[Any] = []
+
+    def get() -> Any:
+        if not made:
+            made.append(make())
+        return made[0]
+
+    return get
 
 
 def _bundled_turn_detector() -> Any:

@@ -1,7 +1,10 @@
 """Turns: session types (seed 003), their turn handling, and push-to-talk over RPC.
 
 A participant's session type comes from its ``clara.session_type`` attribute (or
-``CLARA_DEFAULT_SESSION_TYPE``) and is fixed when its pipeline starts:
+``CLARA_DEFAULT_SESSION_TYPE``) when its pipeline starts, and may be switched while it is
+connected (``LiveKitPipeline.set_session_type``): every AgentSession is built with the whole
+pipeline (STT, VAD, LLM, TTS) and :func:`apply_session_type` turns its audio and turn
+detection on or off, so a switch keeps the same conversation:
 
 ==========  ==================  ===========================================================
 type        turn detection      how a turn ends
@@ -12,6 +15,10 @@ voice-vad   server              silence (`vad`), the STT's endpointing (`stt`), 
                                 bundled end-of-turn model (`eot`): ``CLARA_TURN_DETECTION``
 ==========  ==================  ===========================================================
 
+:data:`SESSION_TYPE_CONFIGS` is that table as data (seed 003's "session type mapping");
+:func:`expected_effective` is what a pipeline of a type should report, for comparing with
+what it does report.
+
 Push-to-talk: RPC methods are registered once per room on the agent's participant, and a
 call controls the session of its *caller* only, so nobody can start or end another
 participant's turn.
@@ -21,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, get_args
 
 from livekit import rtc
 from livekit.agents.types import TOPIC_CHAT
@@ -63,19 +71,91 @@ def resolve_session_type(
     return default
 
 
+TurnDetectionKind = Literal["none", "client", "server"]
+"""Seed 003's turn detection: none (text), client (push-to-talk), server (the agent's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTypeConfig:
+    """What a session type turns on in the pipeline."""
+
+    turn_detection: TurnDetectionKind
+    voice_activity: bool
+    """Speech can be heard and answered with speech (for push-to-talk, during a turn)."""
+    audio_input: bool
+    """The microphone is listened to without a client's say-so."""
+    audio_output: bool
+    """Replies are spoken (else text only, and the TTS is never called)."""
+    push_to_talk: bool
+    """The client's RPC calls start and end the turns."""
+
+
+SESSION_TYPE_CONFIGS: Mapping[SessionType, SessionTypeConfig] = {
+    "text": SessionTypeConfig(
+        turn_detection="none",
+        voice_activity=False,
+        audio_input=False,
+        audio_output=False,
+        push_to_talk=False,
+    ),
+    "voice-ptt": SessionTypeConfig(
+        turn_detection="client",
+        voice_activity=True,
+        audio_input=False,  # until the client's start_turn
+        audio_output=True,
+        push_to_talk=True,
+    ),
+    "voice-vad": SessionTypeConfig(
+        turn_detection="server",
+        voice_activity=True,
+        audio_input=True,
+        audio_output=True,
+        push_to_talk=False,
+    ),
+}
+
+
+class EffectiveConfig(TypedDict):
+    """What a running pipeline actually does (``LiveKitPipeline.effective``)."""
+
+    session_type: SessionType
+    turn_detection: TurnDetectionKind
+    voice_activity_enabled: bool
+    audio_input_enabled: bool
+    """Live state: a push-to-talk session's input is on only during a turn."""
+    audio_output_enabled: bool
+
+
+def expected_effective(session_type: SessionType) -> EffectiveConfig:
+    """What a pipeline of ``session_type`` should report (between push-to-talk turns)."""
+    config = SESSION_TYPE_CONFIGS[session_type]
+    return {
+        "session_type": session_type,
+        "turn_detection": config.turn_detection,
+        "voice_activity_enabled": config.voice_activity,
+        "audio_input_enabled": config.audio_input,
+        "audio_output_enabled": config.audio_output,
+    }
+
+
+def turn_detection_mode(
+    settings: Settings, session_type: SessionType, eot: Callable[[], Any]
+) -> TurnDetectionMode:
+    """livekit's turn detection for a session type; ``eot`` returns the end-of-turn model."""
+    if SESSION_TYPE_CONFIGS[session_type].turn_detection != "server":
+        return "manual"  # text turns are messages; push-to-talk turns are the client's RPCs
+    if settings.turn_detection == "eot":
+        detection: TurnDetectionMode = eot()
+        return detection
+    return settings.turn_detection
+
+
 def turn_handling(
     settings: Settings, session_type: SessionType, eot: Callable[[], Any]
 ) -> TurnHandlingOptions:
     """livekit's turn handling for a session type; ``eot`` returns the end-of-turn model."""
-    detection: TurnDetectionMode
-    if session_type != "voice-vad":
-        detection = "manual"
-    elif settings.turn_detection == "eot":
-        detection = eot()
-    else:
-        detection = settings.turn_detection
     return {
-        "turn_detection": detection,
+        "turn_detection": turn_detection_mode(settings, session_type, eot),
         "endpointing": {
             "min_delay": settings.min_endpointing_delay,
             "max_delay": settings.max_endpointing_delay,
@@ -86,6 +166,28 @@ def turn_handling(
             "min_duration": settings.min_interruption_duration,
         },
     }
+
+
+def apply_session_type(
+    agent_session: AgentSession[Any],
+    session_type: SessionType,
+    settings: Settings,
+    eot: Callable[[], Any],
+) -> SessionTypeConfig:
+    """Set an AgentSession's turn detection and audio input/output for ``session_type``.
+
+    Works before the session starts (the flags then apply when its media is attached) and
+    while it runs. Push-to-talk routing is the caller's (:class:`PushToTalk`); this leaves a
+    push-to-talk session's input off, as between turns.
+    """
+    config = SESSION_TYPE_CONFIGS[session_type]
+    agent_session.update_options(turn_detection=turn_detection_mode(settings, session_type, eot))
+    # only on change: livekit warns about enabling audio that is not attached yet
+    if agent_session.input.audio_enabled != config.audio_input:
+        agent_session.input.set_audio_enabled(config.audio_input)
+    if agent_session.output.audio_enabled != config.audio_output:
+        agent_session.output.set_audio_enabled(config.audio_output)
+    return config
 
 
 class PushToTalk:
@@ -106,6 +208,10 @@ class PushToTalk:
             self._registered = True
         self._sessions[identity] = agent_session
         agent_session.input.set_audio_enabled(False)  # nothing is heard until start_turn
+
+    def serves(self, identity: str, agent_session: AgentSession[Any]) -> bool:
+        """Whether ``identity``'s calls are routed to ``agent_session``."""
+        return self._sessions.get(identity) is agent_session
 
     def remove(self, identity: str, agent_session: AgentSession[Any]) -> None:
         if self._sessions.get(identity) is agent_session:
