@@ -5,7 +5,13 @@ ParticipantSession and closes it at cleanup; the factory is injected, so tests d
 agent with a fake. :class:`LiveKitPipelineFactory` is the real one: each participant gets
 its own livekit ``AgentSession`` (its own conversation) linked to that participant only,
 fed by the room through a :class:`MediaBinding` (``RoomMedia`` in production; tests bind
-livekit's audio and text I/O seams directly).
+livekit's audio and text I/O seams directly). :class:`LiveKitPipeline` is one participant's
+running AgentSession: it reports messages, turns, provider errors and its end to a
+:class:`PipelineObserver`, switches the session type, and re-links or closes its media.
+
+The media binding and the apology clip (:func:`apology_audio`) live in
+:mod:`clara_voice._media`; this module re-exports their public names, so import them from
+here.
 
 Decisions:
 
@@ -27,17 +33,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import wave
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
 from livekit import rtc
 from livekit.agents import AgentSession, llm, vad
-from livekit.agents.voice import room_io
 from livekit.agents.voice.events import ConversationItemAddedEvent, ErrorEvent
 
+from ._media import MediaBinding, MediaLink, RoomMedia, apology_audio
 from .assistant import ClaraAssistant
 from .config import SessionType, Settings
 from .conversation import HistoryMessage
@@ -111,75 +115,6 @@ class PipelineFactory(Protocol):
     ) -> VoicePipeline: ...
 
     async def aclose(self) -> None: ...
-
-
-class MediaLink(Protocol):
-    """What a MediaBinding leaves running for one participant."""
-
-    def relink(self, identity: str) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class MediaBinding(Protocol):
-    """Connects an AgentSession to its participant's audio and text and starts it.
-
-    The audio input and output are bound whatever the session type (which may change
-    later); the AgentSession's enabled flags, already set for the type, decide what is used.
-    """
-
-    async def start(
-        self,
-        agent_session: AgentSession[Any],
-        assistant: ClaraAssistant,
-        *,
-        room: rtc.Room,
-        participant: rtc.RemoteParticipant,
-        session_type: SessionType,
-    ) -> MediaLink: ...
-
-
-class RoomMedia:
-    """Production binding: a livekit ``RoomIO`` of ours linked to one participant."""
-
-    async def start(
-        self,
-        agent_session: AgentSession[Any],
-        assistant: ClaraAssistant,
-        *,
-        room: rtc.Room,
-        participant: rtc.RemoteParticipant,
-        session_type: SessionType,
-    ) -> MediaLink:
-        options = room_io.RoomOptions(
-            participant_identity=participant.identity,
-            close_on_disconnect=False,  # ClaraVoiceAgent owns what a disconnect means
-            text_input=False,  # routed per room by ChatRouter
-            audio_input=True,  # even for text: the session type may switch to voice
-            audio_output=True,
-            text_output=True,
-        )
-        link = room_io.RoomIO(agent_session, room, options=options)
-        await link.start()
-        try:
-            await agent_session.start(assistant)
-        except BaseException:
-            await link.aclose()
-            raise
-        return _RoomLink(link)
-
-
-class _RoomLink:
-    def __init__(self, room_io: room_io.RoomIO) -> None:
-        self._room_io = room_io
-
-    def relink(self, identity: str) -> None:
-        # unlink then link again: the audio input re-subscribes to the participant's track
-        self._room_io.unset_participant()
-        self._room_io.set_participant(identity)
-
-    async def aclose(self) -> None:
-        await self._room_io.aclose()
 
 
 class LiveKitPipelineFactory:
@@ -491,19 +426,6 @@ def _bundled_turn_detector() -> Any:
     from livekit.agents import inference
 
     return inference.TurnDetector(version="v1-mini")
-
-
-_APOLOGY_FRAME_MS = 20
-
-
-async def apology_audio() -> AsyncIterator[rtc.AudioFrame]:
-    """The bundled spoken apology, for turns where the TTS itself failed."""
-    clip = resources.files("clara_voice").joinpath("resources/apology.wav")
-    with clip.open("rb") as f, wave.open(f) as wav:
-        rate = wav.getframerate()
-        samples = rate * _APOLOGY_FRAME_MS // 1000
-        while chunk := wav.readframes(samples):
-            yield rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2)
 
 
 __all__ = [

@@ -9,7 +9,9 @@ Owned by ClaraVoiceAgent. For every ParticipantSession it keeps a
   reconnecting → ``syncing``, error → ``error``, closed → ``ending``;
 - applies change requests of the session's type from its owner, through the
   ``clara.session_type`` attribute or the ``clara.set_session_type`` RPC, rate-limited per
-  participant, by calling the session's ``pipeline.set_session_type``;
+  participant, by calling the session's ``pipeline.set_session_type``. The owned
+  :class:`~clara_voice._sync_requests.ChangeRequests` admits, checks and applies them on
+  the records kept here; SessionSync registers its handlers and publishes the outcome;
 - validates every session against the room every ``CLARA_SYNC_INTERVAL`` seconds and on
   room events, correcting what drifted and flagging a voice session without a microphone;
 - publishes each config as the agent attribute ``clara.session.<identity>`` and each change
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,25 +41,20 @@ from ._sync_protocol import (
     STATE_OF,
     SYNC_TOPIC,
     Microphone,
-    RequestError,
     SessionConfig,
     SyncEventType,
-    TokenBucket,
-    check_size,
     encode,
-    parse_session_type,
-    parse_type_request,
     sync_event,
 )
+from ._sync_requests import ChangeRequests
 from .config import SessionType, Settings
 from .logging import ContextLogger
 from .sessions import ConnectionState, ParticipantSession
 from .telemetry import ErrorSource
-from .turns import SESSION_TYPE_ATTRIBUTE, expected_effective
+from .turns import expected_effective
 
 DEFAULT_SYNC_INTERVAL = 5.0
 MAX_QUEUED_EVENTS = 256
-MAX_BUCKETS = 1024
 # audio input is live state (a push-to-talk session hears only during a turn): not compared
 _COMPARED = ("session_type", "turn_detection", "voice_activity_enabled", "audio_output_enabled")
 RoomLink = Literal["connected", "reconnecting", "disconnected"]
@@ -104,10 +101,7 @@ class SessionSync:
         self._log = log
         self._interval = interval if interval is not None else settings.sync_interval
         self._attribute_interval = attribute_interval
-        self._rate = (rate_capacity, rate_per_second)
-        self._clock = clock
         self._records: dict[str, _Record] = {}
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
         self._link: RoomLink = "connected"
         self._link_up = asyncio.Event()
         self._link_up.set()
@@ -126,6 +120,17 @@ class SessionSync:
         """Change requests refused or ignored, by reason (client mistakes, not agent errors)."""
         self.corrections = 0
         self.events_sent: Counter[str] = Counter()
+        self._requests = ChangeRequests(
+            host=host,
+            log=log,
+            rejected=self.rejected,
+            record=self._record,
+            record_of=self._records.get,
+            type_changed=self._type_changed,
+            rate_capacity=rate_capacity,
+            rate_per_second=rate_per_second,
+            clock=clock,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -137,7 +142,7 @@ class SessionSync:
         room = self._room
         for event, handler in self._handlers().items():
             room.on(event, handler)
-        room.local_participant.register_rpc_method(RPC_SET_SESSION_TYPE, self._on_rpc)
+        room.local_participant.register_rpc_method(RPC_SET_SESSION_TYPE, self._requests.on_rpc)
         self._publish_atask = asyncio.create_task(self._publish_loop(), name="clara.sync.publish")
         self._validate_atask = asyncio.create_task(
             self._validate_loop(), name="clara.sync.validate"
@@ -157,7 +162,7 @@ class SessionSync:
         tasks = [t for t in (self._validate_atask, self._publish_atask) if t is not None]
         await aio.cancel_and_wait(*tasks)
         self._records.clear()
-        self._buckets.clear()
+        self._requests.clear()
         self._events.clear()
         self._dirty.clear()
         self._drained.set()
@@ -227,7 +232,7 @@ class SessionSync:
                 self._validate(session, record, trigger="reconnected")
             pending, record.pending_type = record.pending_type, None
             if pending is not None and pending != session.session_type:
-                self._apply_quietly(session, pending, "attribute")
+                self._requests.apply_quietly(session, pending, "attribute")
 
     def _record(
         self, session: ParticipantSession, *, state: ConnectionState | None = None
@@ -246,7 +251,7 @@ class SessionSync:
 
     def _forget(self, session: ParticipantSession) -> None:
         self._records.pop(session.session_id, None)
-        self._buckets.pop(session.participant_id, None)
+        self._requests.forget(session.participant_id)
         if self._host.session_of(session.participant_id) is None:
             self._set_attribute(session.participant_id, "")
 
@@ -374,113 +379,19 @@ class SessionSync:
                 self._host.count_error("session")
                 self._log.error("session validation round failed", exc_info=exc)
 
-    # -- change requests ---------------------------------------------------------------------
+    # -- change requests (handled by ChangeRequests) -------------------------------------------
 
     def _on_attributes_changed(
         self, changed: Mapping[str, str], participant: rtc.Participant
     ) -> None:
-        if SESSION_TYPE_ATTRIBUTE not in changed:
-            return
-        session = self._host.session_of(participant.identity)
-        if session is None or not isinstance(participant, rtc.RemoteParticipant):
-            return  # the agent itself, or a participant without a session
-        value = changed[SESSION_TYPE_ATTRIBUTE]
-        if not value:
-            return  # the attribute was removed: the session keeps its type
-        try:
-            self._admit(participant.identity)
-            check_size(value)
-            requested = parse_session_type(value)
-        except RequestError as error:
-            self._refuse(error, participant.identity, "attribute")
-            return
-        record = self._records.get(session.session_id)
-        if session.connection_state != "connected" or session.pipeline is None:
-            if record is not None and session.connection_state in ("connecting", "reconnecting"):
-                record.pending_type = requested
-            return
-        self._apply_quietly(session, requested, "attribute")
+        # a method of ours, so that _handlers gives room.on and room.off the same handler
+        self._requests.on_attributes_changed(changed, participant)
 
-    async def _on_rpc(self, data: rtc.RpcInvocationData) -> str:
-        caller = data.caller_identity
-        try:
-            self._admit(caller)
-            request = parse_type_request(data.payload)
-            session = self._host.session_of(caller)
-            if session is None:
-                raise RequestError("no_session", "the caller has no session with this agent")
-            if request.session_id is not None and request.session_id != session.session_id:
-                raise RequestError("not_authorized", "a participant may change only its session")
-            config = self._apply(session, request.type, "rpc")
-        except RequestError as error:
-            self._refuse(error, caller, "rpc")
-            raise rtc.RpcError(
-                rtc.RpcError.ErrorCode.APPLICATION_ERROR, error.message, error.to_json()
-            ) from None
-        return encode(
-            {"v": 1, "ok": True, "session_id": session.session_id, "config": config.to_json()}
-        )
-
-    def _admit(self, identity: str) -> None:
-        bucket = self._buckets.get(identity)
-        if bucket is None:
-            capacity, rate = self._rate
-            bucket = self._buckets[identity] = TokenBucket(
-                capacity=capacity, rate=rate, clock=self._clock
-            )
-            while len(self._buckets) > MAX_BUCKETS:
-                self._buckets.popitem(last=False)
-        if not bucket.take():
-            raise RequestError("rate_limited", "too many session changes, try again later")
-
-    def _refuse(self, error: RequestError, identity: str, source: str) -> None:
-        self.rejected[error.code] += 1
-        self._log.warning(
-            "session change refused",
-            extra={"participant": identity[:128], "via": source, "error": error.code},
-        )
-
-    def _apply_quietly(
-        self, session: ParticipantSession, requested: SessionType, source: str
-    ) -> None:
-        try:
-            self._apply(session, requested, source)
-        except RequestError as error:
-            self._refuse(error, session.participant_id, source)
-
-    def _apply(
-        self, session: ParticipantSession, requested: SessionType, source: str
-    ) -> SessionConfig:
-        """Switch ``session`` to ``requested`` (synchronous: the pipeline's switch is)."""
-        record = self._record(session)
-        if session.connection_state != "connected" or session.pipeline is None:
-            raise RequestError("session_not_active", "the session is not active")
-        if session.session_type == requested and record.config.type == requested:
-            return record.config
-        previous = session.session_type
-        try:
-            # the pipeline updates session.session_type itself (a no-op for the current one)
-            session.pipeline.set_session_type(requested)
-        except Exception as exc:
-            self._host.count_error("session")
-            session.log.error(
-                "failed to change the session type",
-                extra={"to": requested, "from": previous},
-                exc_info=exc,
-            )
-            raise RequestError(
-                "reconfigure_failed",
-                f"the session could not switch to {requested}; it keeps its type",
-            ) from None
-        session.session_type = requested
-        record.config.retype(requested)
-        session.log.info(
-            "session type changed", extra={"from": previous, "to": requested, "via": source}
-        )
+    def _type_changed(self, session: ParticipantSession, record: _Record, source: str) -> None:
+        """A change request switched ``session``'s type: publish it and check the room."""
         if self._records.get(session.session_id) is record:
             self._emit("session_state_sync", session, record, trigger=f"type changed ({source})")
             self._validate(session, record, trigger="type changed")
-        return record.config
 
     # -- room events ---------------------------------------------------------------------------
 
