@@ -33,11 +33,11 @@ import os
 import re
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ._sqlite_tx import transaction
 from .base import OutboxError, OutboxRecord
 
 SCHEMA_VERSION = 1
@@ -193,11 +193,11 @@ class _Store:
                 "SELECT key, kind, payload, error, created_at, failed_at FROM dead_letters"
             ).fetchall()
             if dead:  # kept in our own file, so the adopted one can be deleted once delivered
-                with _transaction(self.own.conn):
+                with transaction(self.own.conn):
                     self.own.conn.executemany(
                         "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)", dead
                     )
-                with _transaction(conn):
+                with transaction(conn):
                     conn.execute("DELETE FROM dead_letters")
         except (sqlite3.Error, OutboxError) as exc:
             if conn is not None:
@@ -230,7 +230,7 @@ class _Store:
         """Insert ``rows`` in one transaction; returns how many were new keys."""
         assert self.own is not None
         created_at = _now()
-        with _transaction(self.own.conn):
+        with transaction(self.own.conn):
             cursor = self.own.conn.executemany(
                 "INSERT INTO records (key, kind, payload, created_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (key) DO NOTHING",
@@ -269,7 +269,7 @@ class _Store:
         ).fetchone()
         if row is None:
             return
-        with _transaction(own):
+        with transaction(own):
             own.execute(
                 "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
                 (*row[:3], error, row[3], _now()),
@@ -277,7 +277,7 @@ class _Store:
             if file.own:
                 own.execute("DELETE FROM records WHERE seq = ? AND key = ?", (seq, key))
         if not file.own:  # a crash in between leaves it in both: it is refused again, no loss
-            with _transaction(file.conn):
+            with transaction(file.conn):
                 file.conn.execute("DELETE FROM records WHERE seq = ? AND key = ?", (seq, key))
 
     def close(self, delivered: list[tuple[_File, int, str]]) -> int:
@@ -314,7 +314,7 @@ class _Store:
         for file, rows in by_file.values():
             if file.closed:  # retired since: nothing left to delete
                 continue
-            with _transaction(file.conn):
+            with transaction(file.conn):
                 file.conn.executemany("DELETE FROM records WHERE seq = ? AND key = ?", rows)
 
     def _retire(self, file: _File) -> None:
@@ -353,7 +353,7 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
 
 def _init_schema(conn: sqlite3.Connection) -> None:
 
-    with _transaction(conn):
+    with transaction(conn):
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version == SCHEMA_VERSION:
             return
@@ -365,18 +365,6 @@ def _init_schema(conn: sqlite3.Connection) -> None:
         for statement in _SCHEMA:
             conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _try_lock(fd: int) -> bool:

@@ -47,7 +47,7 @@ import math
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
 
+from ._sqlite_tx import transaction
 from .base import BackendError, OutboxRecord, StoredMessage
 
 DB_FILENAME = "clara.db"
@@ -224,12 +225,12 @@ class SQLiteBackend(AsyncService):
             self._conn = None
 
     def _db_touch(self, conversation_id: str, room: str, at: str) -> None:
-        with _transaction(self._db()):
+        with transaction(self._db()):
             _touch(self._db(), conversation_id, room, at)
 
     def _db_insert(self, insert: _Insert) -> None:
         conn = self._db()
-        with _transaction(conn):
+        with transaction(conn):
             _touch(conn, insert.conversation_id, insert.room, insert.at)
             conn.execute(insert.sql, insert.values)
 
@@ -279,7 +280,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             retryable=False,
         )
     for target in range(version + 1, SCHEMA_VERSION + 1):
-        with _transaction(conn):
+        with transaction(conn):
             # re-read under the write lock: another process may have migrated meanwhile
             (current,) = conn.execute("PRAGMA user_version").fetchone()
             if current >= target:
@@ -297,18 +298,6 @@ def _touch(conn: sqlite3.Connection, conversation_id: str, room: str, at: str) -
         " SET updated_at = max(coalesce(updated_at, ''), excluded.updated_at)",
         (conversation_id, room, at, at),
     )
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 # -- records to rows (on the loop: pure validation, no I/O) --------------------------------
