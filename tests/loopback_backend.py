@@ -47,6 +47,8 @@ from multidict import CIMultiDict
 
 from clara_voice._lifecycle import AsyncService
 
+from ._peer import PeerHandlers
+
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -96,8 +98,10 @@ class _BadRequest(Exception):
     pass
 
 
-class LoopbackBackend(AsyncService):
+class LoopbackBackend(PeerHandlers, AsyncService):
     """A team backend stand-in on 127.0.0.1; use ``async with``."""
+
+    default_timeout = DEFAULT_TIMEOUT
 
     def __init__(
         self, *, token: str | None = None, prefix: str = "", host: str = "127.0.0.1"
@@ -115,10 +119,9 @@ class LoopbackBackend(AsyncService):
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._closed_listeners: list[asyncio.AbstractServer] = []
-        self._handlers: set[asyncio.Task[Any]] = set()
+        self._init_handlers()
         self._closing = False
         self._wake = asyncio.Event()  # set to cut short the pauses of slow handlers
-        self._changed = asyncio.Condition()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -147,10 +150,7 @@ class LoopbackBackend(AsyncService):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for task in list(self._handlers):  # none may outlive the server
-            task.cancel()
-        if self._handlers:
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._cancel_handlers()
         async with asyncio.timeout(DEFAULT_TIMEOUT):
             while self._closed_listeners:
                 await self._closed_listeners.pop().wait_closed()
@@ -205,35 +205,7 @@ class LoopbackBackend(AsyncService):
         """What is stored (for one endpoint), in the order it was stored."""
         return [r for r in self.stored.values() if endpoint in (None, r.endpoint)]
 
-    async def wait_for(
-        self, predicate: Callable[[], T | None], timeout: float = DEFAULT_TIMEOUT
-    ) -> T:
-        """Wait until ``predicate()`` is truthy (re-checked whenever a request is recorded or
-        answered); its value. Raises :class:`TimeoutError` after ``timeout`` seconds."""
-        async with self._changed:
-            result = await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
-        assert result is not None
-        return result
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
     # -- handling -------------------------------------------------------------------------------
-
-    def _tracked(self, handler: Handler) -> Handler:
-        async def run(request: web.Request) -> web.StreamResponse:
-            task = asyncio.current_task()
-            if task is not None:
-                self._handlers.add(task)
-            try:
-                return await handler(request)
-            finally:
-                if task is not None:
-                    self._handlers.discard(task)
-                await self._notify()
-
-        return run
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -41,6 +41,8 @@ from livekit import api
 from livekit.protocol import agent, models
 
 from clara_voice._lifecycle import AsyncService
+
+from ._peer import PeerHandlers
 
 T = TypeVar("T")
 
@@ -108,7 +110,7 @@ class OfferedJob:
         return self.token is not None
 
 
-class LoopbackLiveKit(AsyncService):
+class LoopbackLiveKit(PeerHandlers, AsyncService):
     """A LiveKit server stand-in on 127.0.0.1 for one worker; use ``async with``."""
 
     def __init__(
@@ -135,10 +137,9 @@ class LoopbackLiveKit(AsyncService):
         self.rtc_gate = asyncio.Event()
         self.rtc_gate.set()
 
-        self._changed = asyncio.Condition()
         self._answers: dict[str, asyncio.Future[agent.AvailabilityResponse]] = {}
         self._runner: web.AppRunner | None = None
-        self._handlers: set[asyncio.Task[object]] = set()
+        self._init_handlers()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -171,24 +172,9 @@ class LoopbackLiveKit(AsyncService):
             await self._runner.cleanup()
             self._runner = None
         # handlers end when their socket closes; none may outlive the peer
-        for task in list(self._handlers):
-            task.cancel()
-        if self._handlers:
-            await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._cancel_handlers()
 
     # -- what tests wait on ---------------------------------------------------------------
-
-    async def wait_for(
-        self, predicate: Callable[[], T | None], timeout: float = DEFAULT_TIMEOUT
-    ) -> T:
-        """Wait until ``predicate()`` is truthy (re-checked on every recorded event); its value.
-
-        Raises :class:`TimeoutError` after ``timeout`` seconds.
-        """
-        async with self._changed:
-            result = await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
-        assert result is not None
-        return result
 
     async def wait_registered(self, timeout: float = DEFAULT_TIMEOUT) -> WorkerConnection:
         """The worker's current registered connection."""
@@ -377,10 +363,6 @@ class LoopbackLiveKit(AsyncService):
     async def _record(self, into: list[T], item: T) -> None:
         into.append(item)
         await self._notify()
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
 
 def _bearer(request: web.Request) -> str | None:

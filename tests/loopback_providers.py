@@ -83,6 +83,8 @@ from livekit import rtc
 
 from clara_voice._lifecycle import AsyncService
 
+from ._peer import PeerHandlers
+
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -254,17 +256,16 @@ def _abort(request: web.Request) -> None:
 # -- shared server plumbing ---------------------------------------------------------------
 
 
-class _LoopbackServer(AsyncService):
+class _LoopbackServer(PeerHandlers, AsyncService):
     """Lifecycle, handler tracking and ``wait_for`` shared by both peers."""
 
     def __init__(self, *, host: str) -> None:
         self.host = host
         self.port = 0
         self._runner: web.AppRunner | None = None
-        self._handlers: set[asyncio.Task[Any]] = set()
+        self._init_handlers()
         self._sockets: set[web.WebSocketResponse] = set()
         self._closing = asyncio.Event()
-        self._changed = asyncio.Condition()
 
     def _routes(self, app: web.Application) -> None:
         raise NotImplementedError
@@ -294,40 +295,7 @@ class _LoopbackServer(AsyncService):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for task in list(self._handlers):  # none may outlive the peer
-            task.cancel()
-        if self._handlers:
-            await asyncio.gather(*self._handlers, return_exceptions=True)
-
-    def _tracked(self, handler: Handler) -> Handler:
-        async def run(request: web.Request) -> web.StreamResponse:
-            task = asyncio.current_task()
-            if task is not None:
-                self._handlers.add(task)
-            try:
-                return await handler(request)
-            finally:
-                if task is not None:
-                    self._handlers.discard(task)
-                await self._notify()
-
-        return run
-
-    async def wait_for(
-        self, predicate: Callable[[], T | None], timeout: float = DEFAULT_TIMEOUT
-    ) -> T:
-        """Wait until ``predicate()`` is truthy (re-checked on every recorded event); its value.
-
-        Raises :class:`TimeoutError` after ``timeout`` seconds.
-        """
-        async with self._changed:
-            result = await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
-        assert result is not None
-        return result
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        await self._cancel_handlers()
 
     async def _pause(self, seconds: float) -> bool:
         """Wait ``seconds``; False when the server started closing meanwhile."""
