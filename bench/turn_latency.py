@@ -332,7 +332,7 @@ class _Observer:
     def on_provider_error(self, session: ParticipantSession, source: str, error: object) -> None:
         self.errors.append(f"{source}: {error}")
 
-    def on_pipeline_closed(self, session: ParticipantSession, reason: str) -> None:
+    def on_pipeline_closed(self, session: ParticipantSession, reason: str, *, error: bool) -> None:
         pass
 
 

@@ -266,9 +266,16 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
 
 
 class FakePipeline:
-    def __init__(self, identity: str, *, session_type: SessionType = "voice-vad") -> None:
+    def __init__(
+        self,
+        identity: str,
+        *,
+        session_type: SessionType = "voice-vad",
+        close_delay: float = 0.0,
+    ) -> None:
         self.identity = identity
-        self.relinked: list[str] = []
+        self.close_delay = close_delay
+        """Seconds its close takes (a real AgentSession's close takes about half a second)."""
         self.close_calls = 0
         self.close_error: Exception | None = None
         self.session_type = session_type
@@ -277,9 +284,6 @@ class FakePipeline:
     @property
     def closed(self) -> bool:
         return self.close_calls > 0
-
-    def relink(self, identity: str) -> None:
-        self.relinked.append(identity)
 
     def set_session_type(self, session_type: SessionType) -> None:
         self.session_type_calls.append(session_type)
@@ -290,6 +294,8 @@ class FakePipeline:
 
     async def aclose(self) -> None:
         self.close_calls += 1
+        if self.close_delay:
+            await asyncio.sleep(self.close_delay)
         if self.close_error is not None:
             raise self.close_error
 
@@ -297,7 +303,8 @@ class FakePipeline:
 class FakePipelineFactory:
     """Starts :class:`FakePipeline`s; can fail or hold a start for chosen identities."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, close_delay: float = 0.0) -> None:
+        self.close_delay = close_delay
         self.started: list[FakePipeline] = []
         self.fail: dict[str, Exception] = {}
         self.hold: dict[str, asyncio.Event] = {}
@@ -330,7 +337,7 @@ class FakePipelineFactory:
                 raise
         if (error := self.fail.get(identity)) is not None:
             raise error
-        pipeline = FakePipeline(identity)
+        pipeline = FakePipeline(identity, close_delay=self.close_delay)
         self.started.append(pipeline)
         return pipeline
 
@@ -338,3 +345,8 @@ class FakePipelineFactory:
 def fake_factory(settings: Any, proc: Any) -> FakePipelineFactory:
     """Stands in for ``worker.build_pipeline_factory`` in entrypoint tests."""
     return FakePipelineFactory()
+
+
+def slow_closing_factory(settings: Any, proc: Any) -> FakePipelineFactory:
+    """As :func:`fake_factory`, with pipelines that take as long to close as real ones."""
+    return FakePipelineFactory(close_delay=0.5)

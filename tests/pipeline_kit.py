@@ -40,10 +40,6 @@ class ParticipantMedia:
     mic: WavAudioInput | None = None
     speaker: CaptureAudioOutput | None = None
     text: CaptureTextOutput = field(default_factory=CaptureTextOutput)
-    relinked: list[str] = field(default_factory=list)
-
-    def relink(self, identity: str) -> None:
-        self.relinked.append(identity)
 
     async def aclose(self) -> None:
         return None
@@ -68,6 +64,7 @@ class SeamMedia:
         room: Any,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
+        log: Any = None,
     ) -> ParticipantMedia:
         media = ParticipantMedia(session_type=session_type, agent_session=agent_session)
         media.mic = self.make_mic()
@@ -78,6 +75,9 @@ class SeamMedia:
         self.participants[participant.identity] = media
         await agent_session.start(assistant)
         return media
+
+    async def aclose(self) -> None:
+        return None
 
     def make_mic(self) -> WavAudioInput:
         """The microphone of a new voice participant (the benchmark hands in its own)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 
 import pytest
@@ -291,3 +292,71 @@ async def test_aclose_without_start_is_safe(room: FakeRoom, settings: Settings) 
     agent = ClaraVoiceAgent(room, settings, pipeline=FakePipelineFactory())
     await agent.aclose()
     assert room.listener_count() == 0
+
+
+def sync_events(room: FakeRoom) -> list[dict[str, object]]:
+    """The ``clara.sync`` events the agent sent, in order."""
+    return [
+        json.loads(payload)["payload"]
+        for topic, payload, _ in room.local_participant.published
+        if topic == "clara.sync"
+    ]
+
+
+async def test_the_first_config_a_client_gets_has_the_type_it_asked_for(
+    agent: ClaraVoiceAgent, room: FakeRoom
+) -> None:
+    """Regression (found by the web client against the real server): a session's first
+    event and attribute carried the server's default type while its pipeline was starting,
+    although the client's token asked for another."""
+    room.join("alice", attributes={"clara.session_type": "text"})
+    await settle()
+    await agent._sync.drain()
+    first = sync_events(room)[0]
+    assert first["config"]["type"] == "text"  # type: ignore[index]
+    written = [w for w in room.local_participant.attribute_writes if "clara.session.alice" in w]
+    assert json.loads(written[0]["clara.session.alice"])["type"] == "text"
+
+
+async def test_a_client_that_rejoins_hears_its_old_session_end_before_the_new_one_starts(
+    room: FakeRoom, settings: Settings
+) -> None:
+    """Regression (found by the web client against the real server): after End Session and
+    Start Session with the same identity, the old session's ``ending`` event arrived after
+    the new session's first events, because the old one was marked ended only once its
+    pipeline had closed."""
+    agent = ClaraVoiceAgent(room, settings, pipeline=FakePipelineFactory(close_delay=0.3))
+    await agent.start()
+    room.join("alice")
+    await settle()
+    old = session_of(agent, "alice")
+    room.leave("alice")
+    room.join("alice")
+    await settle()
+    await agent._sync.drain()
+    new = session_of(agent, "alice")
+    assert old is not None and new is not None and old is not new
+
+    order = [(e["session_id"], e["config"]["state"]) for e in sync_events(room)]  # type: ignore[index]
+    ending = order.index((old.session_id, "ending"))
+    first_new = next(i for i, (sid, _) in enumerate(order) if sid == new.session_id)
+    assert ending < first_new, order
+    await agent.aclose()
+
+
+@pytest.mark.parametrize("error", [True, False])
+async def test_a_pipeline_livekit_closes_ends_the_session_and_fails_it_only_on_error(
+    agent: ClaraVoiceAgent, room: FakeRoom, error: bool
+) -> None:
+    """Regression: livekit closes a job's first AgentSession when the job shuts down, and
+    that close marked its participant ``error`` as if the pipeline had failed."""
+    room.join("alice")
+    await settle()
+    session = session_of(agent, "alice")
+    assert session is not None
+
+    agent.on_pipeline_closed(session, "error" if error else "user_initiated", error=error)
+    await settle()
+    assert agent.sessions == {}
+    assert session.connection_state == "closed"
+    assert (agent.state_transitions["connected->error"] == 1) is error

@@ -5,12 +5,20 @@ captured at livekit's audio output seam."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from livekit import rtc
+from livekit.agents import JobContext
+from livekit.agents.job import _JobContextVar
 
+from clara_voice import pipeline as pipeline_module
+from clara_voice.config import Settings
+from clara_voice.logging import get_logger
+from clara_voice.pipeline import LiveKitPipeline, _holds
+from clara_voice.sessions import ParticipantSession
 from clara_voice.turns import RPC_END_TURN, RPC_START_TURN
 
 from .audio import energy
@@ -141,6 +149,32 @@ async def test_push_to_talk_turns_start_and_end_only_by_the_participants_rpc(
     assert harness.openai.speech_requests[-1]["input"] == "Push to talk answer."
 
 
+async def test_start_turn_over_an_uninterruptible_reply_is_refused_with_a_clear_error(
+    harness: Harness,
+) -> None:
+    """Regression: ``clara.start_turn`` failed with a generic error when the speech being
+    played could not be interrupted (interruptions off, or the apology)."""
+    await harness.join("alice", "voice-ptt")
+    media = harness.media["alice"]
+    assert media.speaker is not None
+    media.agent_session.say("Please hold on while I finish this.", allow_interruptions=False)
+    await media.speaker.next_segment(timeout=TURN_TIMEOUT)
+
+    with pytest.raises(rtc.RpcError) as refused:
+        await harness.room.local_participant.call_rpc("alice", RPC_START_TURN)
+    assert refused.value.code == rtc.RpcError.ErrorCode.APPLICATION_ERROR
+    assert "can't be interrupted" in refused.value.message
+    assert json.loads(refused.value.data or "")["error"] == "not_interruptible"
+    assert not media.agent_session.input.audio_enabled  # the turn did not start
+
+    await until(
+        lambda: media.agent_session.current_speech is None,
+        timeout=TURN_TIMEOUT,
+        what="the reply finished",
+    )
+    assert await harness.room.local_participant.call_rpc("alice", RPC_START_TURN)
+
+
 async def test_text_sessions_answer_text_with_text(harness: Harness) -> None:
     harness.openai.replies = ["A written answer."]
     session = await harness.join("carol", "text")
@@ -213,3 +247,66 @@ async def test_closing_a_session_is_prompt_and_leaves_nothing_behind(
     assert harness.room.local_participant.rpc_handlers == {}
     assert harness.room.text_stream_handlers == {}
     await until(lambda: other_tasks() <= baseline, timeout=2, what="the pipeline's tasks to end")
+
+
+async def test_an_ended_session_leaves_no_callback_in_the_jobs_shutdown(
+    job_ctx: JobContext, room: FakeRoom, tmp_path: Path
+) -> None:
+    """Regression: every AgentSession's job shutdown callback outlived its session (livekit
+    registers the session's close with the job and offers no way to remove it), keeping
+    every ended session alive until the job ended. This also pins the livekit internals
+    ``forget_job_shutdown_callbacks`` relies on: a livekit upgrade that moves them fails
+    here."""
+    token = _JobContextVar.set(job_ctx)
+    try:
+        async with running_harness(room, tmp_path / "data") as harness:
+            alice = await harness.join("alice")
+            await harness.join("bob")
+            assert len(job_ctx._shutdown_callbacks) == 2  # livekit's, one per AgentSession
+
+            await harness.agent.cleanup_session(alice.session_id)
+            bob_session = harness.media["bob"].agent_session
+            assert len(job_ctx._shutdown_callbacks) == 1
+            assert _holds(job_ctx._shutdown_callbacks[0], bob_session, depth=2)
+        assert job_ctx._shutdown_callbacks == []
+    finally:
+        _JobContextVar.reset(token)
+
+
+class _HungSession(rtc.EventEmitter[str]):
+    """An AgentSession whose close never finishes (a provider that never lets go)."""
+
+    async def aclose(self) -> None:
+        await asyncio.Event().wait()
+
+
+class _Media:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_pipeline_whose_session_close_times_out_still_closes_its_media(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings
+) -> None:
+    """Regression: when closing the AgentSession timed out, the pipeline skipped closing
+    its media, leaving the agent's track published and RoomIO's handlers registered."""
+    monkeypatch.setattr(pipeline_module, "CLOSE_TIMEOUT", 0.05)
+    session = ParticipantSession(
+        session_id="s1", participant_id="alice", participant_sid="PA_1", log=get_logger("test")
+    )
+    pipeline = LiveKitPipeline(
+        agent_session=_HungSession(),  # type: ignore[arg-type]
+        session=session,
+        observer=None,  # type: ignore[arg-type]
+        settings=settings,
+        eot=lambda: None,
+    )
+    media = pipeline.media = _Media()
+
+    with pytest.raises(ExceptionGroup) as failed:
+        await pipeline.aclose()
+    assert failed.group_contains(TimeoutError)
+    assert media.closed

@@ -53,14 +53,14 @@ async def until_gone(agent: ClaraVoiceAgent, session_id: str, *, timeout: float 
             await asyncio.sleep(0.01)
 
 
-async def test_a_quality_drop_relinks_the_pipeline_and_recovery_reconnects(
+async def test_a_quality_drop_marks_reconnecting_and_recovery_reconnects(
     live: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
 ) -> None:
     session = await joined(live, room, "alice")
     room.quality("alice", POOR)
     assert session.connection_state == "reconnecting"  # type: ignore[attr-defined]
     assert session.reconnection_attempts == 1  # type: ignore[attr-defined]
-    assert factory.started[0].relinked == ["alice"]
+    assert not factory.started[0].closed
 
     room.quality("alice", GOOD)
     assert session.connection_state == "connected"  # type: ignore[attr-defined]
@@ -86,8 +86,7 @@ async def test_a_dropped_participant_that_returns_in_time_resumes_the_same_sessi
     assert session.connection_state == "connected"  # type: ignore[attr-defined]
     assert session.participant_sid == back.sid  # type: ignore[attr-defined]
     assert [m.text for m in session.history] == ["before the drop"]  # type: ignore[attr-defined]
-    assert len(factory.started) == 1  # the same pipeline, re-linked
-    assert factory.started[0].relinked == ["alice"]
+    assert len(factory.started) == 1  # the same pipeline (its media follows the identity)
     assert not factory.started[0].closed
 
 
@@ -109,15 +108,38 @@ async def test_a_dropped_participant_that_does_not_return_is_cleaned_up(
     await agent.aclose()
 
 
-async def test_exhausted_attempts_end_the_session(
+async def test_quality_flapping_never_ends_the_session_of_a_participant_still_here(
     live: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
 ) -> None:
+    """Regression: quality flapping between POOR and LOST counted an attempt per report and
+    ended the session of a participant who was still in the room after the limit (3); and
+    every POOR report closed and reopened the microphone stream mid-utterance (the media
+    is left alone now: the pipeline is neither closed nor touched)."""
     session = await joined(live, room, "alice")
-    for quality in (POOR, LOST, POOR, LOST):  # the limit is 3
+    for quality in (POOR, LOST, POOR, LOST, POOR, LOST, POOR, LOST):
         room.quality("alice", quality)
-    await until_gone(live, session.session_id)  # type: ignore[attr-defined]
+    await settle()
+    assert live.session_of("alice") is session
+    assert session.connection_state == "reconnecting"  # type: ignore[attr-defined]
+    assert live.metrics.reconnection_count == 1  # one move to reconnecting, one attempt
+    room.quality("alice", GOOD)
+    assert session.connection_state == "connected"  # type: ignore[attr-defined]
+    assert factory.open_pipelines == factory.started
+
+
+async def test_drops_beyond_the_attempt_limit_end_the_session(
+    room: FakeRoom, factory: FakePipelineFactory, tmp_path: object
+) -> None:
+    agent = ClaraVoiceAgent(
+        room, short_timers(tmp_path, max_reconnection_attempts=1), pipeline=factory
+    )
+    await agent.start()
+    session = await joined(agent, room, "alice")
+    room.quality("alice", POOR)  # attempt 1: within the limit
+    room.drop("alice")  # attempt 2 without a recovery in between: over the limit
+    await until_gone(agent, session.session_id)  # type: ignore[attr-defined]
     assert factory.open_pipelines == []
-    assert live.metrics.reconnection_count == 4
+    await agent.aclose()
 
 
 async def test_a_client_initiated_leave_ends_the_session_at_once(
@@ -143,7 +165,6 @@ async def test_the_agents_own_reconnect_moves_every_session(
 
     room.emit("reconnected")
     assert {s.connection_state for s in (alice, bob)} == {"connected"}  # type: ignore[attr-defined]
-    assert sorted(p.relinked[0] for p in factory.started) == ["alice", "bob"]
 
     room.emit("disconnected", rtc.DisconnectReason.SERVER_SHUTDOWN)
     await settle()

@@ -7,6 +7,7 @@ time.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -131,16 +132,21 @@ async def test_voice_vad_to_text_stops_hearing_and_speaking(harness: Harness) ->
 
 
 async def test_voice_vad_to_push_to_talk_waits_for_start_turn(harness: Harness) -> None:
+    """Also a regression (found by the web client against the real server): the turn
+    methods were registered only once a push-to-talk pipeline existed, so a client calling
+    ``clara.start_turn`` too early got "method not supported" instead of a coded refusal."""
     harness.deepgram.transcripts = ["this one was asked for"]
     harness.openai.replies = ["Push to talk answer."]
     session = await harness.join("alice")
     local = harness.room.local_participant
     speaker = harness.media["alice"].speaker
     assert speaker is not None
-    assert RPC_START_TURN not in local.rpc_handlers
+    assert set(PTT_METHODS) <= set(local.rpc_handlers)  # answered for every session type
+    with pytest.raises(rtc.RpcError) as refused:
+        await local.call_rpc("alice", RPC_START_TURN)
+    assert json.loads(refused.value.data or "")["error"] == "no_session"
 
     pipeline = switch(session, "voice-ptt")
-    assert set(PTT_METHODS) <= set(local.rpc_handlers)
     unheard = harness.speak("alice", "Not now.")
     await unheard.wait_sent(timeout=TURN_TIMEOUT)
 
@@ -159,9 +165,9 @@ async def test_voice_vad_to_push_to_talk_waits_for_start_turn(harness: Harness) 
 
     # leaving push-to-talk: the client's turn RPCs are refused again
     switch(session, "text")
-    assert not set(PTT_METHODS) & set(local.rpc_handlers)
-    with pytest.raises(rtc.RpcError):
+    with pytest.raises(rtc.RpcError) as refused:
         await local.call_rpc("alice", RPC_START_TURN)
+    assert json.loads(refused.value.data or "")["error"] == "no_session"
 
 
 async def test_switching_to_the_same_type_changes_nothing(

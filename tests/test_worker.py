@@ -3,8 +3,10 @@ and the diagnostics for a LiveKit server that cannot be reached."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
+import sqlite3
 from typing import Any
 
 import aiohttp
@@ -14,17 +16,19 @@ from livekit.agents import JobContext, JobExecutorType, JobProcess
 
 from clara_voice.agent import CONNECT_FAILED_MESSAGE
 from clara_voice.config import Settings
+from clara_voice.persistence.sqlite import DB_FILENAME
 from clara_voice.worker import (
     VAD_USERDATA_KEY,
     ClaraWorker,
     _ConnectionWatch,
     describe_connection_error,
+    end_of_job,
     entrypoint,
     prewarm,
 )
 
 from .conftest import settle
-from .fakes import FakeRoom, fake_factory
+from .fakes import FakeRoom, fake_factory, slow_closing_factory
 
 
 async def run_shutdown_callbacks(ctx: JobContext) -> None:
@@ -182,21 +186,58 @@ def test_prewarm_loads_the_end_of_turn_model_only_when_it_is_used(tmp_path: Any)
     assert proc.userdata[EOT_USERDATA_KEY].model == "turn-detector-v1-mini"
 
 
-async def test_the_jobs_shutdown_closes_every_session_and_persists_their_summaries(
+def stored_summaries(settings: Settings) -> list[str]:
+    with sqlite3.connect(settings.data_dir / DB_FILENAME) as db:
+        rows = db.execute("SELECT participant FROM sessions ORDER BY participant").fetchall()
+    return [r[0] for r in rows]
+
+
+def ending_events(room: FakeRoom) -> list[str]:
+    """Who was sent a ``clara.sync`` event saying its session is ending."""
+    return [
+        to[0]
+        for topic, payload, to in room.local_participant.published
+        if topic == "clara.sync" and json.loads(payload)["payload"]["config"]["state"] == "ending"
+    ]
+
+
+async def test_the_jobs_shutdown_ends_every_session_while_the_room_is_still_connected(
     job_ctx: JobContext, room: FakeRoom, settings: Settings
 ) -> None:
-    """What SIGTERM comes down to in a job process once the worker stops draining."""
-    import sqlite3
+    """livekit's own order (ipc/job_proc_lazy_main.py ``_shutdown_job``): the worker's
+    on_session_end, then the room's disconnect, then the shutdown callbacks.
 
-    from clara_voice.persistence.sqlite import DB_FILENAME
-
+    Regression: at shutdown the sync service closed before the sessions were cleaned up,
+    so no client got its ``ending`` event."""
+    worker = ClaraWorker(settings)
+    assert worker._session_end_fnc is end_of_job
     room.join("alice")
     room.join("bob")
     await entrypoint(job_ctx, settings=settings, pipeline_factory=fake_factory)
     await settle()
 
+    await end_of_job(job_ctx)
+    assert sorted(ending_events(room)) == ["alice", "bob"]  # sent with the room still there
+    assert room.isconnected()
+    await room.disconnect()
     await run_shutdown_callbacks(job_ctx)
 
-    with sqlite3.connect(settings.data_dir / DB_FILENAME) as db:
-        rows = db.execute("SELECT participant FROM sessions ORDER BY id").fetchall()
-    assert sorted(r[0] for r in rows) == ["alice", "bob"]
+    assert stored_summaries(settings) == ["alice", "bob"]
+
+
+async def test_a_room_lost_before_the_shutdown_still_persists_every_summary(
+    job_ctx: JobContext, room: FakeRoom, settings: Settings
+) -> None:
+    """Regression: a normal job shutdown lost every session summary. livekit disconnects the
+    room before the shutdown callbacks run; the disconnect started a cleanup per session,
+    those took the sessions out of the map, and the agent's close then found no sessions and
+    cancelled the cleanups before their summaries were written."""
+    room.join("alice")
+    room.join("bob")
+    await entrypoint(job_ctx, settings=settings, pipeline_factory=slow_closing_factory)
+    await settle()
+
+    await room.disconnect()
+    await run_shutdown_callbacks(job_ctx)
+
+    assert stored_summaries(settings) == ["alice", "bob"]

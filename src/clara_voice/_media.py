@@ -2,10 +2,14 @@
 
 :class:`~clara_voice.pipeline.LiveKitPipelineFactory` hands each new ``AgentSession`` to a
 :class:`MediaBinding`, which connects it to one participant's audio and text, starts it and
-returns a :class:`MediaLink` that the pipeline keeps to re-link (after a drop or a rejoin)
-and to close. :class:`RoomMedia` is the production binding, a livekit ``RoomIO`` of ours;
-tests bind livekit's audio and text I/O seams directly. :func:`apology_audio` reads the
-spoken apology a pipeline plays when the TTS itself failed a turn.
+returns a :class:`MediaLink` that the pipeline closes with the session. :class:`RoomMedia`
+is the production binding: a livekit ``RoomIO`` per participant, each given a
+:class:`~clara_voice._privacy.ParticipantView` of the room, so that what it publishes and
+sends reaches that participant only. livekit's RoomIO follows its participant's identity
+by itself: when the participant drops and comes back (``close_on_disconnect`` off), or
+publishes a new microphone, its audio input picks the new track up. Tests bind livekit's
+audio and text I/O seams directly. :func:`apology_audio` reads the spoken apology a
+pipeline plays when the TTS itself failed a turn.
 
 The public names are re-exported by :mod:`clara_voice.pipeline`; import them from there.
 """
@@ -15,20 +19,21 @@ from __future__ import annotations
 import wave
 from collections.abc import AsyncIterator
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from livekit import rtc
 from livekit.agents import AgentSession
 from livekit.agents.voice import room_io
 
+from ._privacy import ParticipantView, RoomPrivacy
 from .assistant import ClaraAssistant
 from .config import SessionType
+from .logging import ContextLogger
 
 
 class MediaLink(Protocol):
-    """What a MediaBinding leaves running for one participant."""
-
-    def relink(self, identity: str) -> None: ...
+    """What a MediaBinding leaves running for one participant; ``aclose`` unpublishes and
+    releases all of it."""
 
     async def aclose(self) -> None: ...
 
@@ -48,11 +53,29 @@ class MediaBinding(Protocol):
         room: rtc.Room,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
+        log: ContextLogger,
     ) -> MediaLink: ...
+
+    async def aclose(self) -> None:
+        """Release what the room's links shared."""
+        ...
+
+
+def agent_track_name(identity: str) -> str:
+    """The name of the agent audio track that answers ``identity``."""
+    return f"clara-voice-{identity}"
 
 
 class RoomMedia:
-    """Production binding: a livekit ``RoomIO`` of ours linked to one participant."""
+    """Production binding: a livekit ``RoomIO`` per participant, private to it."""
+
+    def __init__(self) -> None:
+        self._privacy: RoomPrivacy | None = None
+
+    @property
+    def privacy(self) -> RoomPrivacy | None:
+        """The room's subscription grants and agent states (once a link was made)."""
+        return self._privacy
 
     async def start(
         self,
@@ -62,36 +85,48 @@ class RoomMedia:
         room: rtc.Room,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
+        log: ContextLogger,
     ) -> MediaLink:
+        if self._privacy is None:
+            self._privacy = RoomPrivacy(room, log)
+        view = self._privacy.view(participant.identity)
         options = room_io.RoomOptions(
             participant_identity=participant.identity,
             close_on_disconnect=False,  # ClaraVoiceAgent owns what a disconnect means
             text_input=False,  # routed per room by ChatRouter
             audio_input=True,  # even for text: the session type may switch to voice
-            audio_output=True,
+            audio_output=room_io.AudioOutputOptions(
+                track_name=agent_track_name(participant.identity)
+            ),
             text_output=True,
         )
-        link = room_io.RoomIO(agent_session, room, options=options)
+        # the view stands in for the room (see _privacy): RoomIO only uses its public API
+        link = room_io.RoomIO(agent_session, cast(rtc.Room, view), options=options)
+        room_link = _RoomLink(link, view)
         await link.start()
         try:
             await agent_session.start(assistant)
         except BaseException:
-            await link.aclose()
+            await room_link.aclose()
             raise
-        return _RoomLink(link)
+        return room_link
+
+    async def aclose(self) -> None:
+        if self._privacy is not None:
+            await self._privacy.aclose()
 
 
 class _RoomLink:
-    def __init__(self, room_io: room_io.RoomIO) -> None:
+    def __init__(self, room_io: room_io.RoomIO, view: ParticipantView) -> None:
         self._room_io = room_io
-
-    def relink(self, identity: str) -> None:
-        # unlink then link again: the audio input re-subscribes to the participant's track
-        self._room_io.unset_participant()
-        self._room_io.set_participant(identity)
+        self.view = view
 
     async def aclose(self) -> None:
-        await self._room_io.aclose()
+        try:
+            await self._room_io.aclose()
+        finally:
+            # RoomIO's audio output never unpublishes its track: the view does
+            await self.view.aclose()
 
 
 _APOLOGY_FRAME_MS = 20

@@ -40,6 +40,7 @@ from .sessions import (
 )
 from .sync import SessionSync
 from .telemetry import ErrorSource
+from .turns import resolve_session_type
 
 CONNECT_FAILED_MESSAGE = (
     "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."
@@ -103,6 +104,7 @@ class ClaraVoiceAgent:
         self._health = HealthMonitor(self, settings, log=self._log)
         self._sync = SessionSync(self, settings, log=self._log)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cleanups: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
 
@@ -148,24 +150,33 @@ class ClaraVoiceAgent:
         await self._health.start()
 
     async def aclose(self) -> None:
-        """Stop following the room and close every session; safe to call twice."""
+        """Close every session, then stop; safe to call twice.
+
+        Cleanups already under way (the room disconnected, a grace period ran out) are
+        waited for, not cancelled; every other session is cleaned up here. Each client gets
+        its final ``ending`` event while the agent's link is up, and every session's summary
+        is persisted before the recorder flushes and closes.
+        """
         if self._closed:
             return
         self._closed = True
         await self._health.aclose()
-        await self._sync.aclose()
         if self._started:
             self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_disconnected", self._on_participant_disconnected)
             self._room.off("room_metadata_changed", self._on_room_metadata_changed)
         self._reconnection.close()
         failures: list[BaseException] = []
+        if self._cleanups:
+            # a failed cleanup was already logged and counted by its done callback
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await aio.cancel_and_wait(*self._tasks)  # joins still starting are abandoned
         for session_id in list(self.sessions):
             try:
                 await self.cleanup_session(session_id, reason="agent closed")
             except Exception as exc:
                 failures.append(exc)
-        await aio.cancel_and_wait(*self._tasks)
+        await self._sync.aclose()  # after the sessions, so their last events go out
         try:
             await self._pipeline.aclose()
         except Exception as exc:
@@ -212,6 +223,9 @@ class ClaraVoiceAgent:
             participant_id=identity,
             participant_sid=participant.sid,
             log=log,
+            session_type=resolve_session_type(
+                participant, self._settings.default_session_type, log
+            ),
         )
         session.earlier_messages = list(self.earlier_messages)
         self.sessions[session_id] = session
@@ -282,6 +296,8 @@ class ClaraVoiceAgent:
             return False
         self._reconnection.forget(session_id)
         session.log.info("cleaning up session", extra={"reason": reason})
+        # ending from now on: the client hears so before the pipeline takes its time to close
+        self.transition(session, "closed", reason=reason)
         if session.start_task is not None and not session.start_task.done():
             await aio.cancel_and_wait(session.start_task)
         try:
@@ -290,8 +306,6 @@ class ClaraVoiceAgent:
         except Exception as exc:
             self.count_error("session")
             session.log.error("failed to close the session's pipeline", exc_info=exc)
-        finally:
-            self.transition(session, "closed", reason=reason)
         if self._recorder is not None:
             self._recorder.session_summary(session, list(self.participants.values()))
         session.log.info(
@@ -309,9 +323,14 @@ class ClaraVoiceAgent:
         return None if session_id is None else self.sessions.get(session_id)
 
     def end_session_soon(self, session_id: str, *, reason: str) -> None:
-        """Clean a session up from synchronous code (timers, room handlers)."""
+        """Clean a session up from synchronous code (timers, room handlers); ``aclose``
+        waits for it to finish."""
         if session_id in self.sessions and not self._closed:
-            self._spawn(self.cleanup_session(session_id, reason=reason), f"cleanup.{session_id}")
+            task = self._spawn(
+                self.cleanup_session(session_id, reason=reason), f"cleanup.{session_id}"
+            )
+            self._tasks.discard(task)
+            self._cleanups.add(task)
 
     def _detach(self, session_id: str) -> ParticipantSession | None:
         session = self.sessions.pop(session_id, None)
@@ -365,14 +384,19 @@ class ClaraVoiceAgent:
             "provider failed the turn", extra={"source": source, "error": str(error)[:300]}
         )
 
-    def on_pipeline_closed(self, session: ParticipantSession, reason: str) -> None:
-        """livekit closed the session's pipeline on its own (e.g. repeated provider errors)."""
+    def on_pipeline_closed(self, session: ParticipantSession, reason: str, *, error: bool) -> None:
+        """livekit closed the session's pipeline on its own: after an unrecoverable error
+        the session fails; when the job is shutting down (livekit closes the job's first
+        AgentSession before anything else) it simply ends."""
         if self.sessions.get(session.session_id) is not session or self._closed:
             return
-        session.log.warning("pipeline closed by livekit", extra={"reason": reason})
-        if session.connection_state != "closed":
-            self.transition(session, "error", reason=f"pipeline closed: {reason}")
-        self.end_session_soon(session.session_id, reason="pipeline closed")
+        if error:
+            session.log.warning("pipeline closed by livekit", extra={"reason": reason})
+            if session.connection_state != "closed":
+                self.transition(session, "error", reason=f"pipeline closed: {reason}")
+        else:
+            session.log.info("pipeline closed by the job", extra={"reason": reason})
+        self.end_session_soon(session.session_id, reason=f"pipeline closed ({reason})")
 
     # -- conversation state (seed 004) -------------------------------------------------------
 
@@ -432,13 +456,15 @@ class ClaraVoiceAgent:
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
         self._spawn(self.on_participant_left(participant), f"leave.{participant.identity}")
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"clara.{name}")
         self._tasks.add(task)
         task.add_done_callback(self._on_task_done)
+        return task
 
     def _on_task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        self._cleanups.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.count_error("session")
             self._log.error("room event handler failed", exc_info=exc)

@@ -183,7 +183,10 @@ class Settings(BaseSettings):
         description="Seconds between checks of each session against the room (seed 003).",
     )
     max_reconnection_attempts: int = Field(
-        default=5, ge=1, description="Pipeline re-establish attempts before a session is closed."
+        default=5,
+        ge=1,
+        description="Reconnection attempts (drops, quality losses) without a recovery before "
+        "a dropped participant's session ends.",
     )
     data_dir: Path = Field(
         default=Path("./data"), description="Where the embedded store and outbox live."

@@ -39,7 +39,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from livekit import rtc
 from livekit.agents import AgentSession, llm, vad
-from livekit.agents.voice.events import ConversationItemAddedEvent, ErrorEvent
+from livekit.agents.job import get_job_context
+from livekit.agents.voice.events import (
+    CloseEvent,
+    CloseReason,
+    ConversationItemAddedEvent,
+    ErrorEvent,
+)
 
 from ._media import MediaBinding, MediaLink, RoomMedia, apology_audio
 from .assistant import ClaraAssistant
@@ -53,7 +59,6 @@ from .turns import (
     PushToTalk,
     TurnDetectionKind,
     apply_session_type,
-    resolve_session_type,
     turn_handling,
 )
 
@@ -65,12 +70,11 @@ CLOSE_TIMEOUT = 5.0
 
 
 class VoicePipeline(Protocol):
-    """A running pipeline for one participant. ``aclose`` is idempotent."""
+    """A running pipeline for one participant. ``aclose`` is idempotent.
 
-    def relink(self, identity: str) -> None:
-        """Re-link the pipeline's media to ``identity`` (after a drop or a rejoin) without
-        losing the conversation."""
-        ...
+    Its media follows the participant's identity by itself: a participant that drops and
+    comes back, or publishes a new microphone, is heard again without a word from the agent.
+    """
 
     def set_session_type(self, session_type: SessionType) -> None:
         """Switch the session type while connected, keeping the conversation; a no-op for
@@ -95,11 +99,15 @@ class PipelineObserver(Protocol):
         self, session: ParticipantSession, source: str, error: object
     ) -> None: ...
 
-    def on_pipeline_closed(self, session: ParticipantSession, reason: str) -> None: ...
+    def on_pipeline_closed(self, session: ParticipantSession, reason: str, *, error: bool) -> None:
+        """livekit closed the pipeline on its own: after an unrecoverable error (``error``),
+        or because the job is shutting down."""
+        ...
 
 
 class PipelineFactory(Protocol):
-    """Starts participants' pipelines; owns what they share (providers, routers).
+    """Starts participants' pipelines, each in its session's ``session_type``; owns what
+    they share (providers, routers).
 
     ``start`` may be cancelled (the participant left while it was starting): it must then
     close whatever it had already opened before re-raising.
@@ -151,9 +159,7 @@ class LiveKitPipelineFactory:
         observer: PipelineObserver,
     ) -> LiveKitPipeline:
         settings = self._settings
-        session.session_type = resolve_session_type(
-            participant, settings.default_session_type, session.log
-        )
+        routes = self._routers(room, session)
         eot = _once(self._turn_detector)
         agent_session: AgentSession[Any] = AgentSession(
             stt=self._providers.stt,
@@ -181,8 +187,9 @@ class LiveKitPipelineFactory:
                 room=room,
                 participant=participant,
                 session_type=session.session_type,
+                log=session.log,
             )
-            pipeline.attach(self._routers(room, session), participant.identity)
+            pipeline.attach(routes, participant.identity)
         except BaseException:
             await pipeline.aclose()
             raise
@@ -196,6 +203,7 @@ class LiveKitPipelineFactory:
             self._chat = ChatRouter(room, session.log)
         if self._push_to_talk is None:
             self._push_to_talk = PushToTalk(room.local_participant, session.log)
+            self._push_to_talk.register()
         return self._chat, self._push_to_talk
 
     async def aclose(self) -> None:
@@ -207,7 +215,10 @@ class LiveKitPipelineFactory:
             self._push_to_talk.close()
         if self._chat is not None:
             await self._chat.aclose()
-        await self._providers.aclose()
+        try:
+            await self._media.aclose()
+        finally:
+            await self._providers.aclose()
 
 
 class LiveKitPipeline:
@@ -233,7 +244,6 @@ class LiveKitPipeline:
         self._identity = session.participant_id
         self._closed = False
         self.media: MediaLink | None = None
-        self.relinks = 0
         agent_session.on("conversation_item_added", self._on_item)
         agent_session.on("error", self._on_error)
         agent_session.on("close", self._on_close)
@@ -293,13 +303,6 @@ class LiveKitPipeline:
             "audio_output_enabled": audio_out,
         }
 
-    def relink(self, identity: str) -> None:
-        """Re-subscribe to the participant's media; the AgentSession and its
-        conversation are untouched."""
-        self.relinks += 1
-        if self.media is not None and not self._closed:
-            self.media.relink(identity)
-
     async def handle_text(self, text: str) -> None:
         """A chat message from the participant: a turn of its own."""
         if self._closed:
@@ -311,6 +314,8 @@ class LiveKitPipeline:
         self.agent_session.generate_reply(user_input=text)
 
     async def aclose(self) -> None:
+        """Close the AgentSession (bounded by CLOSE_TIMEOUT) and then its media, whatever
+        the first did; safe to call twice."""
         if self._closed:
             return
         self._closed = True
@@ -318,14 +323,23 @@ class LiveKitPipeline:
             chat, push_to_talk = self._routes
             chat.remove(self._identity, self.handle_text)
             push_to_talk.remove(self._identity, self.agent_session)
+        failures: list[Exception] = []
         try:
             await asyncio.wait_for(self.agent_session.aclose(), CLOSE_TIMEOUT)
-            if self.media is not None:
-                await self.media.aclose()
+        except Exception as exc:
+            failures.append(exc)
         finally:
             self.agent_session.off("conversation_item_added", self._on_item)
             self.agent_session.off("error", self._on_error)
             self.agent_session.off("close", self._on_close)
+            forget_job_shutdown_callbacks(self.agent_session)
+        if self.media is not None:
+            try:
+                await self.media.aclose()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise ExceptionGroup("could not close the pipeline cleanly", failures)
 
     # -- livekit events ---------------------------------------------------------------------
 
@@ -350,10 +364,12 @@ class LiveKitPipeline:
         if not self._closed and source in ("llm_error", "tts_error", "stt_error"):
             self._apologize(tts_failed=source == "tts_error")
 
-    def _on_close(self, event: Any) -> None:
+    def _on_close(self, event: CloseEvent) -> None:
         if not self._closed:
-            reason = str(getattr(event, "reason", "closed"))
-            self._observer.on_pipeline_closed(self._session, reason)
+            reason = CloseReason(event.reason)
+            self._observer.on_pipeline_closed(
+                self._session, reason.value, error=reason == CloseReason.ERROR
+            )
 
     def _apologize(self, *, tts_failed: bool) -> None:
         output = self.agent_session.output
@@ -422,6 +438,41 @@ def _once(make: Callable[[], Any]) -> Callable[[], Any]:
     return get
 
 
+def forget_job_shutdown_callbacks(agent_session: AgentSession[Any]) -> int:
+    """Take ``agent_session``'s callback out of the job's shutdown; how many were removed.
+
+    livekit-agents 1.8's ``AgentSession.start`` registers the session's close with the job's
+    shutdown and offers no way to take it back, so a job serving many participants over its
+    life would keep every ended session alive until the job ends, and close them all again
+    then. There is no public API for this: the callbacks are the job context's private
+    ``_shutdown_callbacks`` list, and livekit's entry is a wrapper around a lambda that holds
+    the session. tests/test_pipeline.py pins both, so a livekit upgrade that changes them
+    fails there.
+    """
+    job = get_job_context(required=False)
+    if job is None:
+        return 0
+    callbacks: list[Any] = job._shutdown_callbacks
+    mine = [cb for cb in callbacks if _holds(cb, agent_session, depth=2)]
+    for callback in mine:
+        callbacks.remove(callback)
+    return len(mine)
+
+
+def _holds(fn: Any, target: object, *, depth: int) -> bool:
+    """Whether ``fn``'s closure (or, down to ``depth``, a closure in it) holds ``target``."""
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if value is target:
+            return True
+        if depth > 1 and callable(value) and _holds(value, target, depth=depth - 1):
+            return True
+    return False
+
+
 def _bundled_turn_detector() -> Any:
     from livekit.agents import inference
 
@@ -439,4 +490,5 @@ __all__ = [
     "RoomMedia",
     "VoicePipeline",
     "apology_audio",
+    "forget_job_shutdown_callbacks",
 ]

@@ -2,19 +2,20 @@
 
 Owned by ClaraVoiceAgent. It watches three things:
 
-- a participant's connection quality: POOR or LOST moves its session to ``reconnecting``,
-  counts an attempt and re-links the pipeline's media (the conversation is untouched);
-  GOOD or EXCELLENT moves it back to ``connected`` and clears the attempts;
+- a participant's connection quality: POOR or LOST moves its session to ``reconnecting``
+  (one attempt counted per move); GOOD or EXCELLENT moves it back to ``connected``. Quality
+  alone never ends the session of a participant who is still in the room, and never
+  touches its media: a microphone stream that works is left alone;
 - a participant's disconnect that was not its own choice (network loss, timeout, signal
   close, migration…): the session is *held* in ``reconnecting`` for the grace period; if
-  the same identity comes back in time, the same session resumes (same id, same history,
-  pipeline re-linked to the new connection); otherwise it is cleaned up;
+  the same identity comes back in time, the same session resumes (same id, same history);
+  otherwise it is cleaned up. The pipeline's media follows the identity by itself
+  (livekit's RoomIO picks the returning participant's new track up);
 - the agent's own room connection: ``reconnecting`` moves every live session to
-  ``reconnecting``, ``reconnected`` moves them back and re-links them, ``disconnected``
-  cleans everything up.
+  ``reconnecting``, ``reconnected`` moves them back, ``disconnected`` cleans everything up.
 
-More than ``CLARA_MAX_RECONNECTION_ATTEMPTS`` attempts without a recovery, or a grace
-period that runs out, ends the session with a full cleanup (its summary persisted).
+More than ``CLARA_MAX_RECONNECTION_ATTEMPTS`` drops without a recovery, or a grace period
+that runs out, ends the session with a full cleanup (its summary persisted).
 """
 
 from __future__ import annotations
@@ -108,8 +109,6 @@ class Reconnection:
         if (timer := self._grace.pop(session.session_id, None)) is not None:
             timer.cancel()
         session.participant_sid = participant.sid
-        if session.pipeline is not None:
-            session.pipeline.relink(participant.identity)
         self._agent.transition(session, "connected", reason="participant came back")
         session.reconnection_attempts = 0
 
@@ -124,12 +123,10 @@ class Reconnection:
         session = self._agent.session_of(participant.identity)
         if session is None or session.session_id in self._grace:
             return
-        if quality in BAD_QUALITY and session.connection_state in ("connected", "reconnecting"):
+        if quality in BAD_QUALITY and session.connection_state == "connected":
             name = rtc.ConnectionQuality(quality).name.removeprefix("QUALITY_").lower()
             self._agent.transition(session, "reconnecting", reason=f"connection quality {name}")
             self._count_attempt(session)
-            if not self._exhausted(session) and session.pipeline is not None:
-                session.pipeline.relink(participant.identity)
         elif (
             quality in GOOD_QUALITY
             and session.connection_state == "reconnecting"
@@ -150,8 +147,6 @@ class Reconnection:
         self._room_down = False
         for session in list(self._agent.sessions.values()):
             if session.connection_state == "reconnecting" and session.session_id not in self._grace:
-                if session.pipeline is not None:
-                    session.pipeline.relink(session.participant_id)
                 self._agent.transition(
                     session, "connected", reason="agent's room connection recovered"
                 )

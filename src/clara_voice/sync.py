@@ -55,6 +55,8 @@ from .turns import expected_effective
 
 DEFAULT_SYNC_INTERVAL = 5.0
 MAX_QUEUED_EVENTS = 256
+FLUSH_TIMEOUT = 2.0
+"""Seconds ``aclose`` waits for queued events to be published."""
 # audio input is live state (a push-to-talk session hears only during a turn): not compared
 _COMPARED = ("session_type", "turn_detection", "voice_activity_enabled", "audio_output_enabled")
 RoomLink = Literal["connected", "reconnecting", "disconnected"]
@@ -151,7 +153,12 @@ class SessionSync:
             self.session_created(session)
 
     async def aclose(self) -> None:
-        """Undo :meth:`start`: handlers, RPC method, tasks; safe to call twice."""
+        """Undo :meth:`start`: handlers, RPC method, tasks; safe to call twice.
+
+        What is still queued (the last ``ending`` events of the sessions the agent just
+        closed) is published first while the agent's link is up, for at most
+        ``FLUSH_TIMEOUT`` seconds.
+        """
         if self._closed:
             return
         self._closed = True
@@ -159,6 +166,14 @@ class SessionSync:
             for event, handler in self._handlers().items():
                 self._room.off(event, handler)
             self._room.local_participant.unregister_rpc_method(RPC_SET_SESSION_TYPE)
+            if self._link == "connected" and self._room.isconnected():
+                try:
+                    await asyncio.wait_for(self.drain(), FLUSH_TIMEOUT)
+                except TimeoutError:
+                    self._log.warning(
+                        "sync events not all published before closing",
+                        extra={"queued": len(self._events)},
+                    )
         tasks = [t for t in (self._validate_atask, self._publish_atask) if t is not None]
         await aio.cancel_and_wait(*tasks)
         self._records.clear()

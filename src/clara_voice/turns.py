@@ -191,7 +191,12 @@ def apply_session_type(
 
 
 class PushToTalk:
-    """Routes the room's push-to-talk RPC calls to the caller's own AgentSession."""
+    """Routes the room's push-to-talk RPC calls to the caller's own AgentSession.
+
+    The methods are registered with the room's first pipeline (whatever its type) and stay
+    until :meth:`close`, so a caller never gets "method not supported": a participant
+    without a push-to-talk session (yet) gets a coded ``no_session`` refusal.
+    """
 
     def __init__(self, local_participant: Any, log: ContextLogger) -> None:
         self._local = local_participant
@@ -200,12 +205,16 @@ class PushToTalk:
         self._registered = False
         self.calls: dict[str, int] = {}
 
-    def add(self, identity: str, agent_session: AgentSession[Any]) -> None:
-        """Start routing ``identity``'s calls to ``agent_session`` (registering on first use)."""
+    def register(self) -> None:
+        """Answer the push-to-talk methods from now on; safe to call twice."""
         if not self._registered:
             for method in PTT_METHODS:
                 self._local.register_rpc_method(method, partial(self._handle, method))
             self._registered = True
+
+    def add(self, identity: str, agent_session: AgentSession[Any]) -> None:
+        """Start routing ``identity``'s calls to ``agent_session``."""
+        self.register()
         self._sessions[identity] = agent_session
         agent_session.input.set_audio_enabled(False)  # nothing is heard until start_turn
 
@@ -216,8 +225,6 @@ class PushToTalk:
     def remove(self, identity: str, agent_session: AgentSession[Any]) -> None:
         if self._sessions.get(identity) is agent_session:
             del self._sessions[identity]
-        if not self._sessions:
-            self.close()
 
     def close(self) -> None:
         """Unregister the RPC methods; safe to call twice."""
@@ -230,13 +237,15 @@ class PushToTalk:
     async def _handle(self, method: str, data: rtc.RpcInvocationData) -> str:
         agent_session = self._sessions.get(data.caller_identity)
         if agent_session is None:
-            raise rtc.RpcError(
-                rtc.RpcError.ErrorCode.APPLICATION_ERROR,
-                "no push-to-talk session for this participant",
-            )
+            raise _refusal("no_session", "no push-to-talk session for this participant")
         self.calls[method] = self.calls.get(method, 0) + 1
         if method == RPC_START_TURN:
-            agent_session.interrupt()
+            try:
+                agent_session.interrupt()
+            except RuntimeError:
+                # the reply being spoken disallows interruptions (CLARA_ALLOW_INTERRUPTIONS
+                # off, or the apology): the turn cannot start over it
+                raise _refusal("not_interruptible", NOT_INTERRUPTIBLE_MESSAGE) from None
             agent_session.clear_user_turn()
             agent_session.input.set_audio_enabled(True)
         elif method == RPC_END_TURN:
@@ -246,6 +255,18 @@ class PushToTalk:
             agent_session.input.set_audio_enabled(False)
             agent_session.clear_user_turn()
         return json.dumps({"ok": True, "method": method})
+
+
+NOT_INTERRUPTIBLE_MESSAGE = (
+    "Clara can't be interrupted right now; start your turn when she has finished speaking"
+)
+
+
+def _refusal(code: str, message: str) -> rtc.RpcError:
+    """A push-to-talk refusal: ``message`` for a person, ``data`` coded JSON as the sync
+    protocol's errors are."""
+    data = json.dumps({"v": 1, "error": code, "message": message}, separators=(",", ":"))
+    return rtc.RpcError(rtc.RpcError.ErrorCode.APPLICATION_ERROR, message, data)
 
 
 TextHandler = Callable[[str], Coroutine[Any, Any, None]]

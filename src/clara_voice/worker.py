@@ -45,6 +45,8 @@ log = get_logger("clara_voice.worker")
 
 VAD_USERDATA_KEY = "vad"
 EOT_USERDATA_KEY = "eot"
+AGENTS_USERDATA_KEY = "agents"
+"""``proc.userdata[AGENTS_USERDATA_KEY]``: the running job's ClaraVoiceAgent, by job id."""
 
 AGENTS_HEALTH_POLL = 2.0
 """Seconds between the worker's reads of its agents' health (``clara_agent_unhealthy``)."""
@@ -82,7 +84,7 @@ class ClaraWorker(AgentServer):
         """Agents whose last health check failed, as of the last read."""
         self._livekit_ok = True
         self._agents_ok = True
-        self.rtc_session(partial(entrypoint, settings=settings))
+        self.rtc_session(partial(entrypoint, settings=settings), on_session_end=end_of_job)
         self.on("worker_registered", self._on_registered)
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
@@ -291,7 +293,13 @@ async def entrypoint(
         backend=build_backend(settings),
         log_context={"job_id": ctx.job.id, "room": ctx.job.room.name},
     )
-    ctx.add_shutdown_callback(agent.aclose)
+    agents: dict[str, ClaraVoiceAgent] = ctx.proc.userdata.setdefault(AGENTS_USERDATA_KEY, {})
+    agents[ctx.job.id] = agent
+
+    async def close_agent(reason: str) -> None:  # a safety net: end_of_job closes it first
+        await _close_agent(ctx)
+
+    ctx.add_shutdown_callback(close_agent)
     try:
         await ctx.connect()
     except Exception as exc:
@@ -302,6 +310,22 @@ async def entrypoint(
         ctx.shutdown(reason="room connection failed")
         return
     await agent.start()
+
+
+async def end_of_job(ctx: JobContext) -> None:
+    """The job is shutting down: close its agent while the room is still connected.
+
+    livekit runs this before it disconnects the room (its shutdown callbacks run after), so
+    every session is cleaned up with the room still there: each client gets its final
+    ``ending`` event, and every summary is persisted before the process exits.
+    """
+    await _close_agent(ctx)
+
+
+async def _close_agent(ctx: JobContext) -> None:
+    agent = ctx.proc.userdata.get(AGENTS_USERDATA_KEY, {}).pop(ctx.job.id, None)
+    if agent is not None:
+        await agent.aclose()
 
 
 def build_backend(settings: Settings) -> Backend:

@@ -1,0 +1,215 @@
+"""The room view each participant's RoomIO gets: what the agent sends goes to that
+participant only (tests/e2e/test_privacy.py proves it through a real SFU)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+from livekit import rtc
+
+from clara_voice._privacy import (
+    DirectedLocalParticipant,
+    RoomPrivacy,
+    agent_state_attribute,
+    busiest_state,
+)
+from clara_voice.logging import get_logger
+
+from .fakes import FakeLocalParticipant, FakeRoom
+from .pipeline_kit import until
+
+
+class RecordingLocal(FakeLocalParticipant):
+    """The agent's participant, recording what it publishes and sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.permissions: list[tuple[bool, dict[str, list[str]]]] = []
+        self.track_publications: dict[str, Any] = {}
+        self.sent: list[tuple[str, list[str] | None]] = []
+        self.transcriptions = 0
+        self._n = 0
+
+    def set_track_subscription_permissions(
+        self, *, allow_all_participants: bool, participant_permissions: list[Any]
+    ) -> None:
+        grants = {
+            p.participant_identity: list(p.allowed_track_sids) for p in participant_permissions
+        }
+        self.permissions.append((allow_all_participants, grants))
+
+    async def publish_track(self, track: Any, options: Any = None) -> Any:
+        self._n += 1
+        publication = type("Publication", (), {"sid": f"TR_{self._n}"})()
+        self.track_publications[publication.sid] = publication
+        return publication
+
+    async def unpublish_track(self, track_sid: str) -> None:
+        del self.track_publications[track_sid]
+
+    async def publish_transcription(self, transcription: Any) -> None:
+        self.transcriptions += 1
+
+    async def stream_text(self, **kwargs: Any) -> Any:
+        self.sent.append(("stream_text", kwargs.get("destination_identities")))
+
+    async def send_text(self, text: str, **kwargs: Any) -> Any:
+        self.sent.append(("send_text", kwargs.get("destination_identities")))
+
+    async def stream_bytes(self, name: str, **kwargs: Any) -> Any:
+        self.sent.append(("stream_bytes", kwargs.get("destination_identities")))
+
+    async def send_bytes(self, data: bytes, **kwargs: Any) -> Any:
+        self.sent.append(("send_bytes", kwargs.get("destination_identities")))
+
+    async def send_file(self, file_path: str, **kwargs: Any) -> Any:
+        self.sent.append(("send_file", kwargs.get("destination_identities")))
+
+
+class ByteStreamRoom(FakeRoom):
+    def __init__(self) -> None:
+        super().__init__()
+        self.local_participant = RecordingLocal()  # type: ignore[assignment]
+        self.connected = True
+        self.byte_stream_handlers: dict[str, Any] = {}
+
+    def register_byte_stream_handler(self, topic: str, handler: Any) -> None:
+        if topic in self.byte_stream_handlers:
+            raise ValueError(f"byte stream handler for topic '{topic}' already set")
+        self.byte_stream_handlers[topic] = handler
+
+    def unregister_byte_stream_handler(self, topic: str) -> None:
+        self.byte_stream_handlers.pop(topic, None)
+
+
+@pytest.fixture
+def room() -> ByteStreamRoom:
+    return ByteStreamRoom()
+
+
+@pytest.fixture
+async def privacy(room: ByteStreamRoom) -> Any:
+    privacy = RoomPrivacy(room, get_logger("test"))  # type: ignore[arg-type]
+    yield privacy
+    await privacy.aclose()
+
+
+def local(room: ByteStreamRoom) -> RecordingLocal:
+    return room.local_participant  # type: ignore[return-value]
+
+
+async def test_each_agent_track_is_granted_to_its_owner_only_and_goes_with_it(
+    room: ByteStreamRoom, privacy: RoomPrivacy
+) -> None:
+    alice, bob = privacy.view("alice"), privacy.view("bob")
+    a = await alice.local_participant.publish_track(object())
+    b = await bob.local_participant.publish_track(object())
+
+    # restricted before the first track existed, then each track granted to its owner
+    assert local(room).permissions[0] == (False, {})
+    assert local(room).permissions[-1] == (False, {"alice": [a.sid], "bob": [b.sid]})
+
+    await alice.aclose()
+    assert a.sid not in local(room).track_publications  # unpublished with the session
+    assert local(room).permissions[-1] == (False, {"bob": [b.sid]})
+    await alice.aclose()  # twice is fine
+
+
+async def test_a_republished_track_keeps_its_grant(
+    room: ByteStreamRoom, privacy: RoomPrivacy
+) -> None:
+    alice = privacy.view("alice")
+    publication = await alice.local_participant.publish_track(object())
+    old = publication.sid
+    publication.sid = "TR_new"  # a full reconnect re-issues the sid in place
+    room.emit("local_track_republished", publication, old)
+    assert local(room).permissions[-1] == (False, {"alice": ["TR_new"]})
+
+
+async def test_what_the_agent_sends_through_a_view_goes_to_its_participant_only(
+    room: ByteStreamRoom, privacy: RoomPrivacy
+) -> None:
+    directed = privacy.view("alice").local_participant
+    await directed.stream_text(topic="lk.transcription", destination_identities=["bob"])
+    await directed.send_text("hi", topic="lk.chat")
+    await directed.stream_bytes("f", topic="x")
+    await directed.send_bytes(b"x", topic="x")
+    await directed.send_file("/dev/null", topic="x")
+    await directed.publish_data(b"x", topic="x")
+    await directed.publish_transcription(rtc.Transcription("alice", "TR_1", []))
+
+    assert [to for _, to in local(room).sent] == [["alice"]] * 5
+    assert local(room).published == [("x", "x", ["alice"])]
+    assert local(room).transcriptions == 0  # the deprecated packet cannot be addressed
+
+
+def test_every_way_the_sdk_offers_to_send_is_directed() -> None:
+    """Fails loudly when a livekit upgrade adds a way to send that a view would let through
+    to the whole room."""
+    senders = {
+        name
+        for name, method in inspect.getmembers(rtc.LocalParticipant, inspect.isfunction)
+        if not name.startswith("_")
+        and "destination_identities" in inspect.signature(method).parameters
+    }
+    senders |= {"publish_track", "publish_transcription", "set_attributes"}
+    assert senders <= set(vars(DirectedLocalParticipant)), senders - set(
+        vars(DirectedLocalParticipant)
+    )
+
+
+async def test_agent_states_are_per_participant_and_lk_agent_state_is_the_busiest(
+    room: ByteStreamRoom, privacy: RoomPrivacy
+) -> None:
+    alice, bob = privacy.view("alice"), privacy.view("bob")
+    await alice.local_participant.set_attributes({"lk.agent.state": "speaking"})
+    await bob.local_participant.set_attributes({"lk.agent.state": "listening"})
+    attributes = room.local_participant.attributes
+
+    # one writer task publishes the states (coalescing them); wait for it
+    await until(
+        lambda: attributes.get(agent_state_attribute("bob")) == "listening",
+        timeout=2,
+        what="the states written",
+    )
+    assert attributes[agent_state_attribute("alice")] == "speaking"
+    assert attributes["lk.agent.state"] == "speaking"
+
+    await alice.aclose()
+    await until(lambda: agent_state_attribute("alice") not in attributes, timeout=2, what="removal")
+    assert attributes["lk.agent.state"] == "listening"
+
+
+def test_the_busiest_state_wins() -> None:
+    assert busiest_state([]) is None
+    assert busiest_state(["listening"]) == "listening"
+    assert busiest_state(["listening", "thinking", "idle"]) == "thinking"
+    assert busiest_state(["initializing", "speaking"]) == "speaking"
+
+
+async def test_stream_handlers_are_per_participant(
+    room: ByteStreamRoom, privacy: RoomPrivacy
+) -> None:
+    got: list[tuple[str, str]] = []
+    alice, bob = privacy.view("alice"), privacy.view("bob")
+    alice.register_byte_stream_handler(
+        "lk.agent.pre-connect-audio-buffer", lambda r, s: got.append(("a", s))
+    )
+    bob.register_byte_stream_handler(
+        "lk.agent.pre-connect-audio-buffer", lambda r, s: got.append(("b", s))
+    )
+    dispatch = room.byte_stream_handlers["lk.agent.pre-connect-audio-buffer"]
+
+    dispatch(object(), "alice")
+    dispatch(object(), "bob")
+    dispatch(object(), "mallory")  # no session: ignored
+    assert got == [("a", "alice"), ("b", "bob")]
+
+    alice.unregister_byte_stream_handler("lk.agent.pre-connect-audio-buffer")
+    dispatch(object(), "alice")
+    dispatch(object(), "bob")
+    assert got[-1] == ("b", "bob") and len(got) == 3
+    await bob.aclose()
+    assert room.byte_stream_handlers == {}
