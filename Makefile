@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 COMPILE := $(PY) -m piptools compile -q --no-emit-index-url --no-emit-find-links \
 	--no-emit-trusted-host --strip-extras --allow-unsafe
 
-.PHONY: install check lint types test run dev lock clean
+.PHONY: install livekit-server check lint types test e2e run dev lock clean
 
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(VENV)/.installed: requirements-dev.lock pyproject.toml
 
 ## install: create .venv with the pinned runtime and development dependencies
 install: $(VENV)/.installed
+
+## livekit-server: build the LiveKit server the end-to-end tests run (once, with Go)
+livekit-server:
+	@scripts/livekit-server build >/dev/null
 
 ## check: lint, type-check and test (what CI runs)
 check: lint types test
@@ -26,8 +30,13 @@ lint: install
 types: install
 	$(VENV)/bin/mypy
 
-test: install
-	$(PY) -m pytest
+## test: the whole suite, end-to-end tests included, inside a private network namespace
+test: install livekit-server
+	scripts/private-net $(PY) -m pytest
+
+## e2e: only the end-to-end tests (a real LiveKit server, the real worker, real clients)
+e2e: install livekit-server
+	scripts/private-net $(PY) -m pytest tests/e2e
 
 ## run / dev: the worker, against $$LIVEKIT_URL (JSON logs / readable logs)
 run: install

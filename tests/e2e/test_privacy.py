@@ -1,0 +1,97 @@
+"""Each participant's conversation is private, enforced by the SFU: Alice and Bob talk to
+Clara in the same room; neither hears, reads or is told anything of the other's."""
+
+from __future__ import annotations
+
+from livekit import rtc
+
+from tests.e2e.checks import event, joined
+from tests.e2e.conftest import Providers, StartClara
+from tests.e2e.human import Human
+from tests.e2e.server import LiveKitServer
+
+ALICE_REPLY = "Alice, you have two meetings."
+BOB_REPLY = "Bob, it will rain."
+
+
+async def talk(human: Human, text: str, reply: str) -> None:
+    """``human`` says ``text`` and waits for Clara's ``reply``: its transcript and audio."""
+    utterance = human.say(text)
+    await human.wait_until(utterance.ended.is_set, "the utterance was sent")
+    await human.wait_until(
+        lambda: any(t.text == reply for t in human.agent_transcripts()),
+        f"the reply {reply!r}",
+        timeout=20,
+    )
+    await human.wait_until(
+        lambda: human.agent_sound_after(utterance.ended_at or 0.0), "the reply audio"
+    )
+
+
+def agent_track(human: Human, owner: str) -> rtc.RemoteTrackPublication | None:
+    """The agent's audio track answering ``owner``, as ``human`` sees it published."""
+    agent = human.agent
+    tracks = [] if agent is None else agent.track_publications.values()
+    return next((p for p in tracks if p.name == f"clara-voice-{owner}"), None)
+
+
+async def test_two_participants_never_hear_read_or_see_each_others_conversation(
+    livekit_server: LiveKitServer, clara: StartClara, room_name: str, providers: Providers
+) -> None:
+    providers.deepgram.transcripts = [
+        "alice asks about her calendar",
+        "bob asks about the weather",
+        "bob asks again",
+    ]
+    providers.openai.replies = [ALICE_REPLY, BOB_REPLY, BOB_REPLY]
+    worker = await clara()
+    alice = Human(livekit_server, room_name, "alice")
+    # Bob subscribes by hand, to ask for Alice's track as well as his own
+    bob = Human(livekit_server, room_name, "bob", auto_subscribe=False)
+    await joined(worker, alice, bob)
+
+    # the agent publishes a track per person; Bob asks for both his and Alice's: the SFU
+    # grants his own (the control that bounds the wait) and refuses Alice's
+    alice_track = await bob.wait_until(lambda: agent_track(bob, "alice"), "alice's track")
+    bob_track = await bob.wait_until(lambda: agent_track(bob, "bob"), "bob's track")
+    alice_track.set_subscribed(True)
+    bob_track.set_subscribed(True)
+    await bob.wait_until(lambda: bob.subscriptions, "his subscription")
+
+    await talk(alice, "Do I have meetings today", ALICE_REPLY)
+    await talk(bob, "Will it rain tomorrow", BOB_REPLY)
+    await talk(bob, "Ask again", BOB_REPLY)
+    own = agent_track(alice, "alice")
+    assert own is not None
+    assert alice.subscriptions == [own.sid]  # auto-subscribed to everything: got her own
+    assert bob.subscriptions == [bob_track.sid]
+    assert not alice_track.subscribed
+
+    # transcripts: each reads its own words and Clara's answers to it, nothing else
+    assert {s.sender for s in alice.streams} == {"alice", alice.agent.identity}  # type: ignore[union-attr]
+    assert {s.sender for s in bob.streams} == {"bob", bob.agent.identity}  # type: ignore[union-attr]
+    assert not [s for s in alice.agent_transcripts() if s.text == BOB_REPLY]
+    assert not [s for s in bob.agent_transcripts() if s.text == ALICE_REPLY]
+
+    # sync events: each gets its own session's only
+    assert alice.sync_events and bob.sync_events
+    assert {e["payload"]["participant"] for e in alice.sync_events} == {"alice"}
+    assert {e["payload"]["participant"] for e in bob.sync_events} == {"bob"}
+
+    # the agent's state: one attribute per conversation, and lk.agent.state for the room
+    agent = alice.agent
+    assert agent is not None
+    assert agent.attributes["clara.agent_state.alice"] in ("listening", "thinking", "speaking")
+    assert agent.attributes["lk.agent.state"] in ("listening", "thinking", "speaking")
+
+    await alice.leave()
+    await worker.wait_line(event("session closed", participant="alice"), "alice's session closed")
+    # her track is unpublished and her state attribute removed, as Bob sees it
+    await bob.wait_until(
+        lambda: (
+            not [p for p in bob.agent.track_publications.values() if p.name.endswith("-alice")]  # type: ignore[union-attr]
+            and "clara.agent_state.alice" not in bob.agent.attributes
+        ),  # type: ignore[union-attr]
+        "alice's agent track and state gone",
+    )
+    await bob.leave()
