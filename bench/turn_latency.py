@@ -74,11 +74,11 @@ from tests.fakes import FakeRoom, make_participant  # noqa: E402
 from tests.pipeline_kit import SeamMedia  # noqa: E402
 
 from bench._fakes import FakeLLM, FakeStreamingSTT, FakeSTT, FakeTTS  # noqa: E402
+from clara_voice.agent.session import ParticipantSession, TurnMetrics, new_session_id  # noqa: E402
 from clara_voice.config import Settings, SettingsError, load_settings  # noqa: E402
 from clara_voice.logging import get_logger  # noqa: E402
-from clara_voice.pipeline import LiveKitPipelineFactory  # noqa: E402
-from clara_voice.providers import Providers  # noqa: E402
-from clara_voice.sessions import ParticipantSession, TurnMetrics, new_session_id  # noqa: E402
+from clara_voice.voice.pipeline import LiveKitPipelineFactory  # noqa: E402
+from clara_voice.voice.providers import Providers  # noqa: E402
 
 SAMPLE_RATE = 24000
 FRAME_MS = 20

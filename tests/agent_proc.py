@@ -12,9 +12,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.agent.agent import ClaraVoiceAgent
+from clara_voice.agent.conversation import HistoryMessage
 from clara_voice.config import load_settings
-from clara_voice.conversation import HistoryMessage
 
 from .fakes import FakePipelineFactory, FakeRoom, make_participant
 from .outbox_writer_proc import DownBackend

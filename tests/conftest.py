@@ -13,7 +13,7 @@ from livekit.agents.job import JobAcceptArguments, RunningJobInfo
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models
 
-from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import Settings, load_settings
 
 from .fakes import FakePipelineFactory, FakeRoom

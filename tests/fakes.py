@@ -18,9 +18,9 @@ from typing import Any
 from livekit import rtc
 from livekit.rtc._proto import handle_pb2, participant_pb2, track_pb2
 
+from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import SessionType
-from clara_voice.sessions import ParticipantSession
-from clara_voice.turns import EffectiveConfig, expected_effective
+from clara_voice.voice.turns import EffectiveConfig, expected_effective
 
 _sids = itertools.count(1)
 

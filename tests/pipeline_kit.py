@@ -19,12 +19,12 @@ from livekit import rtc
 from livekit.agents import AgentSession, inference
 from livekit.agents.utils import http_context
 
-from clara_voice.agent import ClaraVoiceAgent
-from clara_voice.assistant import ClaraAssistant
+from clara_voice.agent.agent import ClaraVoiceAgent
+from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import SessionType, Settings, load_settings
-from clara_voice.pipeline import LiveKitPipelineFactory
-from clara_voice.sessions import ParticipantSession
-from clara_voice.turns import SESSION_TYPE_ATTRIBUTE
+from clara_voice.voice.assistant import ClaraAssistant
+from clara_voice.voice.pipeline import LiveKitPipelineFactory
+from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 
 from .audio import CaptureAudioOutput, CaptureTextOutput, WavAudioInput, load_frames, speech_wav
 from .fakes import FakeRoom, make_participant

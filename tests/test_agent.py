@@ -9,7 +9,7 @@ import logging
 import pytest
 from livekit import rtc
 
-from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import Settings
 
 from .conftest import other_tasks, settle
@@ -130,7 +130,7 @@ async def test_session_ids_are_unique_for_joins_in_the_same_millisecond(
     factory: FakePipelineFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("clara_voice.sessions.time.time", lambda: 1_700_000_000.0)
+    monkeypatch.setattr("clara_voice.agent.session.time.time", lambda: 1_700_000_000.0)
     agent = ClaraVoiceAgent(room, settings, pipeline=factory)
     ids = set()
     for _ in range(50):
@@ -245,7 +245,7 @@ async def test_a_pipeline_that_fails_to_close_is_counted_and_the_session_still_e
 
 
 async def test_transitions_are_checked_and_counted(agent: ClaraVoiceAgent, room: FakeRoom) -> None:
-    from clara_voice.sessions import IllegalTransition
+    from clara_voice.agent.session import IllegalTransition
 
     room.join("alice")
     await settle()

@@ -21,17 +21,17 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
-from clara_voice import client as client_module
-from clara_voice._client_audio import LatencyMeter, Recorder, level_dbfs
-from clara_voice.client import (
+from clara_voice.client import client as client_module
+from clara_voice.client.audio import LatencyMeter, Recorder, level_dbfs
+from clara_voice.client.cli import main
+from clara_voice.client.client import (
     CONNECTION_LOST_MESSAGE,
     ClientStateChanged,
     VoiceClient,
-    main,
     mint_token,
     voice_to_voice_latency,
 )
-from clara_voice.turns import RPC_END_TURN, RPC_START_TURN, SESSION_TYPE_ATTRIBUTE
+from clara_voice.voice.turns import RPC_END_TURN, RPC_START_TURN, SESSION_TYPE_ATTRIBUTE
 
 from .fakes import FakeLocalParticipant, FakeRoom, make_participant
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.agent.agent import ClaraVoiceAgent
+from clara_voice.agent.conversation import MAX_METADATA_BYTES, HistoryMessage, parse_room_metadata
 from clara_voice.config import Settings
-from clara_voice.conversation import MAX_METADATA_BYTES, HistoryMessage, parse_room_metadata
 from clara_voice.logging import get_logger
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
 

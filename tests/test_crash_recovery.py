@@ -130,7 +130,7 @@ async def test_a_worker_killed_mid_conversation_loses_no_acknowledged_turn(
     tmp_path: Path,
 ) -> None:
     """The whole path: agent → recorder → outbox, killed; the next job delivers it all."""
-    from clara_voice.agent import ClaraVoiceAgent
+    from clara_voice.agent.agent import ClaraVoiceAgent
     from clara_voice.config import load_settings
 
     from .agent_proc import CONVERSATION

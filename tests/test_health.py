@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from clara_voice.agent.health import HealthMonitor
+from clara_voice.agent.metrics import PerformanceMetrics
 from clara_voice.config import Settings, load_settings
-from clara_voice.health import HealthMonitor
 from clara_voice.logging import ContextLogger, get_logger
-from clara_voice.metrics import PerformanceMetrics
 from clara_voice.telemetry import ErrorSource
 
 from .conftest import other_tasks

@@ -14,12 +14,12 @@ from livekit import rtc
 from livekit.agents import JobContext
 from livekit.agents.job import _JobContextVar
 
-from clara_voice import pipeline as pipeline_module
+from clara_voice.voice import pipeline as pipeline_module
+from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import Settings
 from clara_voice.logging import get_logger
-from clara_voice.pipeline import LiveKitPipeline, _holds
-from clara_voice.sessions import ParticipantSession
-from clara_voice.turns import RPC_END_TURN, RPC_START_TURN
+from clara_voice.voice.pipeline import LiveKitPipeline, _holds
+from clara_voice.voice.turns import RPC_END_TURN, RPC_START_TURN
 
 from .audio import energy
 from .conftest import other_tasks

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from livekit import rtc
 
-from clara_voice._privacy import (
+from clara_voice.logging import get_logger
+from clara_voice.voice.privacy import (
     DirectedLocalParticipant,
     RoomPrivacy,
     agent_state_attribute,
     busiest_state,
 )
-from clara_voice.logging import get_logger
 
 from .fakes import FakeLocalParticipant, FakeRoom
 from .pipeline_kit import until

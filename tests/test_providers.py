@@ -11,7 +11,7 @@ from livekit.agents.utils import http_context
 from livekit.plugins import deepgram, openai
 
 from clara_voice.config import load_settings
-from clara_voice.providers import build_providers, connect_options, missing_keys
+from clara_voice.voice.providers import build_providers, connect_options, missing_keys
 
 from .conftest import start_clara
 from .loopback_providers import LoopbackOpenAI

@@ -11,9 +11,9 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from livekit import rtc
 
-from clara_voice.agent import ClaraVoiceAgent
+from clara_voice.agent.agent import ClaraVoiceAgent
+from clara_voice.agent.conversation import HistoryMessage
 from clara_voice.config import Settings, load_settings
-from clara_voice.conversation import HistoryMessage
 
 from .conftest import other_tasks, settle
 from .fakes import FakePipelineFactory, FakeRoom

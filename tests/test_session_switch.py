@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from livekit import rtc
 
+from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import SessionType
-from clara_voice.pipeline import VoicePipeline
-from clara_voice.sessions import ParticipantSession
-from clara_voice.turns import (
+from clara_voice.voice.pipeline import VoicePipeline
+from clara_voice.voice.turns import (
     PTT_METHODS,
     RPC_END_TURN,
     RPC_START_TURN,

@@ -15,7 +15,11 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from livekit import rtc
 
-from clara_voice._sync_protocol import (
+from clara_voice.agent.agent import ClaraVoiceAgent
+from clara_voice.agent.session import ConnectionState, ParticipantSession, new_session_id
+from clara_voice.config import SessionType, Settings
+from clara_voice.logging import get_logger
+from clara_voice.sync.protocol import (
     MAX_REQUEST_BYTES,
     RPC_SET_SESSION_TYPE,
     SESSION_ATTRIBUTE_PREFIX,
@@ -23,13 +27,9 @@ from clara_voice._sync_protocol import (
     SessionConfig,
     TokenBucket,
 )
-from clara_voice.agent import ClaraVoiceAgent
-from clara_voice.config import SessionType, Settings
-from clara_voice.logging import get_logger
-from clara_voice.sessions import ConnectionState, ParticipantSession, new_session_id
-from clara_voice.sync import SessionSync
+from clara_voice.sync.service import SessionSync
 from clara_voice.telemetry import ErrorSource
-from clara_voice.turns import SESSION_TYPE_ATTRIBUTE
+from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 
 from .conftest import other_tasks, settle
 from .fakes import FakePipeline, FakePipelineFactory, FakeRoom
@@ -794,7 +794,7 @@ def test_fuzz_attribute_changes(settings: Settings) -> None:
 @hsettings(FUZZ, max_examples=3000)
 @given(payload=rpc_payloads)
 def test_fuzz_request_parsing_raises_only_request_errors(payload: str) -> None:
-    from clara_voice._sync_protocol import RequestError, parse_type_request
+    from clara_voice.sync.protocol import RequestError, parse_type_request
 
     code: str | None = None
     try:

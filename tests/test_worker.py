@@ -14,7 +14,7 @@ import pytest
 from livekit import rtc
 from livekit.agents import JobContext, JobExecutorType, JobProcess
 
-from clara_voice.agent import CONNECT_FAILED_MESSAGE
+from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE
 from clara_voice.config import Settings
 from clara_voice.persistence.sqlite import DB_FILENAME
 from clara_voice.worker import (
@@ -160,7 +160,7 @@ def test_the_give_up_traceback_is_replaced_by_the_workers_own_line(settings: Set
 async def test_a_room_job_gets_the_real_pipeline_with_the_process_vad(settings: Settings) -> None:
     from livekit.agents.utils import http_context
 
-    from clara_voice.pipeline import LiveKitPipelineFactory
+    from clara_voice.voice.pipeline import LiveKitPipelineFactory
     from clara_voice.worker import build_pipeline_factory
 
     proc = JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)

@@ -13,7 +13,7 @@ from pathlib import Path
 from livekit import api
 from livekit.protocol import agent
 
-from clara_voice.agent import CONNECT_FAILED_MESSAGE
+from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE
 
 from .loopback_livekit import TERMINAL_JOB_STATUSES, LoopbackLiveKit
 from .metrics_writer_proc import metrics_writers

@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 import warnings
 
-from .config import Settings, SettingsError, load_settings
+from clara_voice.config import Settings, SettingsError, load_settings
 
 
 def check_providers(settings: Settings) -> None:
     """Stop at start when a selected cloud provider has no API key."""
-    from .providers import missing_keys
+    from clara_voice.voice.providers import missing_keys
 
     if problems := missing_keys(settings):
         raise SettingsError(problems)
@@ -33,7 +33,7 @@ def main() -> int:
 
     from livekit.agents import cli
 
-    from .worker import ClaraWorker
+    from clara_voice.worker import ClaraWorker
 
     worker = ClaraWorker(settings)
     # livekit calls its Python CLI deprecated in favour of the `lk` tool; we keep it because

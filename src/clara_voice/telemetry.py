@@ -34,7 +34,7 @@ import psutil  # type: ignore[import-untyped]
 from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
 
 if TYPE_CHECKING:
-    from .sessions import TurnMetrics
+    from clara_voice.agent.session import TurnMetrics
 
 ErrorSource = Literal["provider", "persistence", "session", "health"]
 """What failed: a provider (STT, LLM, TTS), persistence (backend, outbox), a session's

@@ -32,14 +32,14 @@ from livekit.agents import AgentServer, JobContext, JobProcess, inference
 from livekit.agents.cli import AgentsConsole
 from livekit.agents.utils import aio
 
-from . import telemetry
-from .agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
-from .config import Settings
-from .logging import RenderFormat, configure_logging, get_logger
-from .persistence import Backend
-from .persistence.http import HttpBackend
-from .persistence.sqlite import DB_FILENAME, SQLiteBackend
-from .pipeline import LiveKitPipelineFactory, PipelineFactory
+from clara_voice import telemetry
+from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
+from clara_voice.config import Settings
+from clara_voice.logging import RenderFormat, configure_logging, get_logger
+from clara_voice.persistence import Backend
+from clara_voice.persistence.http import HttpBackend
+from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
+from clara_voice.voice.pipeline import LiveKitPipelineFactory, PipelineFactory
 
 log = get_logger("clara_voice.worker")
 

@@ -7,7 +7,14 @@ durable outbox every write goes through; ``sqlite.py`` the embedded default stor
 
 from __future__ import annotations
 
-from .base import Backend, BackendError, OutboxError, OutboxRecord, RecordKind, StoredMessage
+from clara_voice.persistence.base import (
+    Backend,
+    BackendError,
+    OutboxError,
+    OutboxRecord,
+    RecordKind,
+    StoredMessage,
+)
 
 __all__ = [
     "Backend",

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ._sqlite_tx import transaction
-from .base import OutboxError, OutboxRecord
+from clara_voice.persistence._sqlite_tx import transaction
+from clara_voice.persistence.base import OutboxError, OutboxRecord
 
 SCHEMA_VERSION = 1
 """``PRAGMA user_version`` of an outbox file."""

@@ -29,8 +29,7 @@ from yarl import URL
 
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
-
-from .base import BackendError, OutboxRecord, RecordKind, StoredMessage
+from clara_voice.persistence.base import BackendError, OutboxRecord, RecordKind, StoredMessage
 
 log = get_logger("clara_voice.persistence.http")
 

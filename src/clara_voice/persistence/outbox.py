@@ -44,10 +44,15 @@ from livekit.agents.utils import aio
 
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
-
-from ._outbox_files import SCHEMA_VERSION as SCHEMA_VERSION
-from ._outbox_files import _Adoption, _describe, _File, _Row, _Store
-from .base import RECORD_KINDS, Backend, BackendError, OutboxError, OutboxRecord
+from clara_voice.persistence._outbox_files import SCHEMA_VERSION as SCHEMA_VERSION
+from clara_voice.persistence._outbox_files import _Adoption, _describe, _File, _Row, _Store
+from clara_voice.persistence.base import (
+    RECORD_KINDS,
+    Backend,
+    BackendError,
+    OutboxError,
+    OutboxRecord,
+)
 
 OUTBOX_DIRNAME = "outbox"
 """The folder, under the data directory, holding the outbox files."""

@@ -56,9 +56,8 @@ from typing import Any, TypeVar
 
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
-
-from ._sqlite_tx import transaction
-from .base import BackendError, OutboxRecord, StoredMessage
+from clara_voice.persistence._sqlite_tx import transaction
+from clara_voice.persistence.base import BackendError, OutboxRecord, StoredMessage
 
 DB_FILENAME = "clara.db"
 """The store's file name in the data directory."""

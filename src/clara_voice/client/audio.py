@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from livekit import rtc
 
-from .logging import get_logger
+from clara_voice.logging import get_logger
 
 DEFAULT_THRESHOLD_DBFS = -45.0
 """A frame whose RMS level is at or above this counts as voiced (espeak or TTS speech sits

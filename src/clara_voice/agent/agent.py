@@ -21,26 +21,31 @@ from typing import Any
 from livekit import rtc
 from livekit.agents.utils import aio
 
-from . import telemetry
-from .config import Settings
-from .conversation import HistoryMessage, ParticipantState, RoomContext, parse_room_metadata
-from .health import HealthMonitor
-from .logging import get_logger
-from .metrics import PerformanceMetrics
-from .persistence import Backend, StoredMessage
-from .persistence.recorder import ConversationRecorder
-from .pipeline import PipelineFactory
-from .reconnection import Reconnection, is_deliberate
-from .sessions import (
+from clara_voice import telemetry
+from clara_voice.agent.conversation import (
+    HistoryMessage,
+    ParticipantState,
+    RoomContext,
+    parse_room_metadata,
+)
+from clara_voice.agent.health import HealthMonitor
+from clara_voice.agent.metrics import PerformanceMetrics
+from clara_voice.agent.reconnection import Reconnection, is_deliberate
+from clara_voice.agent.recorder import ConversationRecorder
+from clara_voice.agent.session import (
     ConnectionState,
     ParticipantSession,
     TurnMetrics,
     check_transition,
     new_session_id,
 )
-from .sync import SessionSync
-from .telemetry import ErrorSource
-from .turns import resolve_session_type
+from clara_voice.config import Settings
+from clara_voice.logging import get_logger
+from clara_voice.persistence import Backend, StoredMessage
+from clara_voice.sync.service import SessionSync
+from clara_voice.telemetry import ErrorSource
+from clara_voice.voice.pipeline import PipelineFactory
+from clara_voice.voice.turns import resolve_session_type
 
 CONNECT_FAILED_MESSAGE = (
     "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,7 +28,7 @@ from typing import Any, Literal
 from livekit import api, rtc
 from livekit.agents.utils import aio
 
-from ._client_audio import (
+from clara_voice.client.audio import (
     DEFAULT_THRESHOLD_DBFS,
     LatencyMeter,
     Microphone,
@@ -37,7 +36,7 @@ from ._client_audio import (
     open_agent_audio,
     voice_to_voice_latency,
 )
-from ._client_connection import (
+from clara_voice.client.connection import (
     CONNECTION_LOST_MESSAGE,
     ClientState,
     ClientStateChanged,
@@ -45,9 +44,9 @@ from ._client_connection import (
     Connection,
     RoomLike,
 )
-from .config import SessionType
-from .logging import get_logger
-from .turns import RPC_END_TURN, RPC_START_TURN, SESSION_TYPE_ATTRIBUTE
+from clara_voice.config import SessionType
+from clara_voice.logging import get_logger
+from clara_voice.voice.turns import RPC_END_TURN, RPC_START_TURN, SESSION_TYPE_ATTRIBUTE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_REPLY = 0, 1, 2, 3
 
@@ -307,16 +306,6 @@ class VoiceClient(rtc.EventEmitter[Literal["connection_state_changed"]]):
             self._ended.set()
 
 
-# -- the command line ----------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m clara_voice.client``: see :mod:`clara_voice._client_cli`."""
-    from ._client_cli import main as cli_main
-
-    return cli_main(argv)
-
-
 __all__ = [
     "CONNECTION_LOST_MESSAGE",
     "ClientResult",
@@ -325,11 +314,7 @@ __all__ = [
     "ConnectFailed",
     "RoomLike",
     "VoiceClient",
-    "main",
     "mint_token",
     "voice_to_voice_latency",
 ]
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 from livekit import rtc
 
-from . import telemetry
-from .config import Settings
-from .logging import ContextLogger
+from clara_voice import telemetry
+from clara_voice.config import Settings
+from clara_voice.logging import ContextLogger
 
 if TYPE_CHECKING:
-    from .agent import ClaraVoiceAgent
-    from .sessions import ParticipantSession
+    from clara_voice.agent.agent import ClaraVoiceAgent
+    from clara_voice.agent.session import ParticipantSession
 
 # disconnects that are someone's decision, not the network's: the session ends at once
 DELIBERATE = frozenset(

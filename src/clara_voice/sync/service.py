@@ -34,7 +34,10 @@ from typing import Any, Literal, Protocol
 from livekit import rtc
 from livekit.agents.utils import aio
 
-from ._sync_protocol import (
+from clara_voice.agent.session import ConnectionState, ParticipantSession
+from clara_voice.config import SessionType, Settings
+from clara_voice.logging import ContextLogger
+from clara_voice.sync.protocol import (
     MAX_ATTRIBUTES_BYTES,
     RPC_SET_SESSION_TYPE,
     SESSION_ATTRIBUTE_PREFIX,
@@ -46,12 +49,9 @@ from ._sync_protocol import (
     encode,
     sync_event,
 )
-from ._sync_requests import ChangeRequests
-from .config import SessionType, Settings
-from .logging import ContextLogger
-from .sessions import ConnectionState, ParticipantSession
-from .telemetry import ErrorSource
-from .turns import expected_effective
+from clara_voice.sync.requests import ChangeRequests
+from clara_voice.telemetry import ErrorSource
+from clara_voice.voice.turns import expected_effective
 
 DEFAULT_SYNC_INTERVAL = 5.0
 MAX_QUEUED_EVENTS = 256

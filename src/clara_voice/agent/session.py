@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
-from .config import SessionType
-from .logging import ContextLogger
+from clara_voice.config import SessionType
+from clara_voice.logging import ContextLogger
 
 if TYPE_CHECKING:
-    from .conversation import HistoryMessage
-    from .persistence import StoredMessage
-    from .pipeline import VoicePipeline
+    from clara_voice.agent.conversation import HistoryMessage
+    from clara_voice.persistence import StoredMessage
+    from clara_voice.voice.pipeline import VoicePipeline
 
 ConnectionState = Literal["connecting", "connected", "reconnecting", "error", "closed"]
 

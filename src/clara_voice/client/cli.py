@@ -22,10 +22,16 @@ from typing import get_args
 
 from livekit import rtc
 
-from ._client_audio import WavFormatError, load_wav_frames
-from .client import EXIT_USAGE, ClientResult, ClientStateChanged, VoiceClient, mint_token
-from .config import SessionType, Settings, SettingsError, load_settings
-from .logging import configure_logging
+from clara_voice.client.audio import WavFormatError, load_wav_frames
+from clara_voice.client.client import (
+    EXIT_USAGE,
+    ClientResult,
+    ClientStateChanged,
+    VoiceClient,
+    mint_token,
+)
+from clara_voice.config import SessionType, Settings, SettingsError, load_settings
+from clara_voice.logging import configure_logging
 
 _LIVEKIT_FIELDS = ("livekit_url", "livekit_api_key", "livekit_api_secret")
 

@@ -47,12 +47,12 @@ from livekit.agents.voice.events import (
     ErrorEvent,
 )
 
-from ._media import MediaBinding, MediaLink, RoomMedia, apology_audio
-from .assistant import ClaraAssistant
-from .config import SessionType, Settings
-from .conversation import HistoryMessage
-from .providers import Providers, build_providers, connect_options
-from .turns import (
+from clara_voice.agent.conversation import HistoryMessage
+from clara_voice.config import SessionType, Settings
+from clara_voice.voice.assistant import ClaraAssistant
+from clara_voice.voice.media import MediaBinding, MediaLink, RoomMedia, apology_audio
+from clara_voice.voice.providers import Providers, build_providers, connect_options
+from clara_voice.voice.turns import (
     SESSION_TYPE_CONFIGS,
     ChatRouter,
     EffectiveConfig,
@@ -63,7 +63,7 @@ from .turns import (
 )
 
 if TYPE_CHECKING:
-    from .sessions import ParticipantSession, TurnMetrics
+    from clara_voice.agent.session import ParticipantSession, TurnMetrics
 
 CLOSE_TIMEOUT = 5.0
 """Bound on closing one AgentSession, so a stuck provider cannot hold a cleanup."""
@@ -409,7 +409,7 @@ def _chat_context(session: ParticipantSession) -> llm.ChatContext | None:
 
 
 def _turn_metrics(user: llm.ChatMessage | None, reply: llm.ChatMessage) -> TurnMetrics:
-    from .sessions import TurnMetrics
+    from clara_voice.agent.session import TurnMetrics
 
     heard = user.metrics if user is not None else {}
     said = reply.metrics

@@ -19,7 +19,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import deepgram, openai
 from pydantic import SecretStr
 
-from .config import LLMSpec, Settings, STTSpec, TTSSpec
+from clara_voice.config import LLMSpec, Settings, STTSpec, TTSSpec
 
 # the openai SDK refuses an empty key; a keyless local server ignores whatever it is sent
 _NO_KEY = "no-key"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .sessions import TurnMetrics
+from clara_voice.agent.session import TurnMetrics
 
 LATENCY_WINDOW = 20
 """Turns the latency averages cover."""

@@ -29,12 +29,12 @@ from typing import Protocol
 
 from livekit.agents.utils import aio
 
-from . import telemetry
-from ._lifecycle import AsyncService
-from .config import Settings
-from .logging import ContextLogger, get_logger
-from .metrics import PerformanceMetrics
-from .telemetry import ErrorSource
+from clara_voice import telemetry
+from clara_voice._lifecycle import AsyncService
+from clara_voice.agent.metrics import PerformanceMetrics
+from clara_voice.config import Settings
+from clara_voice.logging import ContextLogger, get_logger
+from clara_voice.telemetry import ErrorSource
 
 SUMMARY_FORMAT = "Health check - Sessions: {sessions}, Errors: {errors}, Memory: {memory:.1f} MB"
 STUCK_FORMAT = "Session {session_id} has been active for over {minutes} minutes."

@@ -38,8 +38,8 @@ from livekit.agents.types import TOPIC_CHAT
 from livekit.agents.utils import aio
 from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
 
-from .config import SessionType, Settings
-from .logging import ContextLogger
+from clara_voice.config import SessionType, Settings
+from clara_voice.logging import ContextLogger
 
 if TYPE_CHECKING:
     from livekit.agents import AgentSession

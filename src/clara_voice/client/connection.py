@@ -26,7 +26,7 @@ from livekit import rtc
 from livekit.agents.utils import aio
 from livekit.rtc.room import EventTypes as RoomEvent
 
-from .logging import get_logger
+from clara_voice.logging import get_logger
 
 ClientState = Literal["connecting", "connected", "reconnecting", "failed", "disconnected"]
 

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING
 
 from livekit import rtc
 
-from ._sync_protocol import (
+from clara_voice.agent.session import ParticipantSession
+from clara_voice.config import SessionType
+from clara_voice.logging import ContextLogger
+from clara_voice.sync.protocol import (
     RequestError,
     SessionConfig,
     TokenBucket,
@@ -31,13 +34,10 @@ from ._sync_protocol import (
     parse_session_type,
     parse_type_request,
 )
-from .config import SessionType
-from .logging import ContextLogger
-from .sessions import ParticipantSession
-from .turns import SESSION_TYPE_ATTRIBUTE
+from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 
 if TYPE_CHECKING:
-    from .sync import SyncHost, _Record
+    from clara_voice.sync.service import SyncHost, _Record
 
 MAX_BUCKETS = 1024
 

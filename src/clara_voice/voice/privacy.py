@@ -34,7 +34,7 @@ from livekit import rtc
 from livekit.agents.types import ATTRIBUTE_AGENT_STATE
 from livekit.agents.utils import aio
 
-from .logging import ContextLogger
+from clara_voice.logging import ContextLogger
 
 AGENT_STATE_PREFIX = "clara.agent_state."
 _STATE_ORDER = ("speaking", "thinking", "listening", "initializing", "idle")

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clara_voice.logging import ContextLogger
-
-from .base import Backend, OutboxRecord, RecordKind, StoredMessage
-from .outbox import Outbox
+from clara_voice.persistence.base import Backend, OutboxRecord, RecordKind, StoredMessage
+from clara_voice.persistence.outbox import Outbox
 
 if TYPE_CHECKING:
-    from clara_voice.conversation import HistoryMessage, ParticipantState, RoomContext
-    from clara_voice.sessions import ParticipantSession
+    from clara_voice.agent.conversation import HistoryMessage, ParticipantState, RoomContext
+    from clara_voice.agent.session import ParticipantSession
 
 START_TIMEOUT = 5.0
 """Bound on each read at job start (agent joined, recent messages)."""

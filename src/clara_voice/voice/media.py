@@ -25,10 +25,10 @@ from livekit import rtc
 from livekit.agents import AgentSession
 from livekit.agents.voice import room_io
 
-from ._privacy import ParticipantView, RoomPrivacy
-from .assistant import ClaraAssistant
-from .config import SessionType
-from .logging import ContextLogger
+from clara_voice.config import SessionType
+from clara_voice.logging import ContextLogger
+from clara_voice.voice.assistant import ClaraAssistant
+from clara_voice.voice.privacy import ParticipantView, RoomPrivacy
 
 
 class MediaLink(Protocol):
