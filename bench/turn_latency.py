@@ -74,9 +74,9 @@ from tests.fakes import FakeRoom, make_participant  # noqa: E402
 from tests.pipeline_kit import SeamMedia  # noqa: E402
 
 from bench._fakes import FakeLLM, FakeStreamingSTT, FakeSTT, FakeTTS  # noqa: E402
-from clara_voice.agent.session import ParticipantSession, TurnMetrics, new_session_id  # noqa: E402
 from clara_voice.config import Settings, SettingsError, load_settings  # noqa: E402
 from clara_voice.logging import get_logger  # noqa: E402
+from clara_voice.voice.messages import TurnMetrics  # noqa: E402
 from clara_voice.voice.pipeline import LiveKitPipelineFactory  # noqa: E402
 from clara_voice.voice.providers import Providers  # noqa: E402
 
@@ -316,23 +316,23 @@ def make_stt(kind: STTKind, heard: Heard, endpoint_silence: float) -> stt.STT[An
     return FakeSTT(heard)
 
 
-class _Observer:
-    """clara_voice's PipelineObserver: what the pipeline reports, kept for the record."""
+class _Events:
+    """clara_voice's PipelineEvents: what the pipeline reports, kept for the record."""
 
     def __init__(self) -> None:
         self.turns: list[TurnMetrics] = []
         self.errors: list[str] = []
 
-    def on_message(self, session: ParticipantSession, *message: Any) -> None:
-        pass  # (the message argument is newer than some versions of the protocol)
+    def message_added(self, message: Any) -> None:
+        pass
 
-    def on_turn(self, session: ParticipantSession, turn: TurnMetrics) -> None:
+    def turn_completed(self, turn: TurnMetrics) -> None:
         self.turns.append(turn)
 
-    def on_provider_error(self, session: ParticipantSession, source: str, error: object) -> None:
+    def provider_failed(self, source: str, error: object) -> None:
         self.errors.append(f"{source}: {error}")
 
-    def on_pipeline_closed(self, session: ParticipantSession, reason: str, *, error: bool) -> None:
+    def pipeline_closed(self, reason: str, *, error: bool) -> None:
         pass
 
 
@@ -359,6 +359,7 @@ async def start_livekit_defaults(
             room=None,
             participant=make_participant(IDENTITY),
             session_type="voice-vad",
+            log=get_logger("clara_voice.bench", participant=IDENTITY),
         )
     except BaseException:
         await aclose()
@@ -383,18 +384,14 @@ async def start_clara(
     room = FakeRoom("bench-room")
     participant = make_participant(IDENTITY)
     room.remote_participants[IDENTITY] = participant
-    session = ParticipantSession(
-        session_id=new_session_id(IDENTITY),
-        participant_id=IDENTITY,
-        participant_sid=participant.sid,
-        log=get_logger("clara_voice.bench", participant=IDENTITY),
-    )
     try:
         pipeline = await factory.start(
             room=room,  # type: ignore[arg-type]
             participant=participant,
-            session=session,
-            observer=_Observer(),
+            session_type="voice-vad",
+            history=(),
+            events=_Events(),
+            log=get_logger("clara_voice.bench", participant=IDENTITY),
         )
     except BaseException:
         await factory.aclose()

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 from clara_voice.agent.agent import ClaraVoiceAgent
-from clara_voice.agent.conversation import HistoryMessage
 from clara_voice.config import load_settings
+from clara_voice.voice.messages import HistoryMessage
 
-from .fakes import FakePipelineFactory, FakeRoom, make_participant
+from .fakes import FakePipelineFactory, FakeRoom, make_participant, report
 from .outbox_writer_proc import DownBackend
 
 CONVERSATION = "conv-crash"
@@ -27,7 +27,7 @@ async def main(data: Path) -> None:
     room = FakeRoom("crash-room", metadata=f'{{"conversation_id": "{CONVERSATION}"}}')
     agent = ClaraVoiceAgent(room, settings, pipeline=FakePipelineFactory(), backend=DownBackend())
     await agent.start()
-    recorder = agent.recorder
+    recorder = agent.conversation.recorder
     assert recorder is not None
     sessions = []
     for identity in ("alice", "bob"):
@@ -41,9 +41,7 @@ async def main(data: Path) -> None:
             assert session is not None
             seq = len(session.history)
             role = "user" if seq % 2 == 0 else "assistant"
-            agent.on_message(
-                session, HistoryMessage(role=role, text=f"{session.participant_id} {n}")
-            )
+            report(session, HistoryMessage(role=role, text=f"{session.participant_id} {n}"))
             expected += 1
             # acknowledged = committed; the outbox has no per-commit event, so poll
             while recorder.outbox.pending_count() < expected:  # noqa: ASYNC110

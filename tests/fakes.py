@@ -19,7 +19,8 @@ from livekit import rtc
 from livekit.rtc._proto import handle_pb2, participant_pb2, track_pb2
 
 from clara_voice.agent.session import ParticipantSession
-from clara_voice.config import SessionType
+from clara_voice.states import SessionType
+from clara_voice.voice.messages import HistoryMessage
 from clara_voice.voice.turns import EffectiveConfig, expected_effective
 
 _sids = itertools.count(1)
@@ -280,6 +281,8 @@ class FakePipeline:
         self.close_error: Exception | None = None
         self.session_type = session_type
         self.session_type_calls: list[SessionType] = []
+        self.events: Any = None
+        """The PipelineEvents the agent gave it (to report messages and turns)."""
 
     @property
     def closed(self) -> bool:
@@ -324,8 +327,10 @@ class FakePipelineFactory:
         *,
         room: Any,
         participant: rtc.RemoteParticipant,
-        session: ParticipantSession,
-        observer: Any = None,
+        session_type: SessionType = "voice-vad",
+        history: Any = (),
+        events: Any = None,
+        log: Any = None,
     ) -> FakePipeline:
         identity = participant.identity
         self.starting.set()
@@ -337,9 +342,16 @@ class FakePipelineFactory:
                 raise
         if (error := self.fail.get(identity)) is not None:
             raise error
-        pipeline = FakePipeline(identity, close_delay=self.close_delay)
+        pipeline = FakePipeline(identity, session_type=session_type, close_delay=self.close_delay)
+        pipeline.events = events
         self.started.append(pipeline)
         return pipeline
+
+
+def report(session: ParticipantSession, message: HistoryMessage) -> None:
+    """``session``'s (fake) pipeline reports a message of its conversation."""
+    assert isinstance(session.pipeline, FakePipeline) and session.pipeline.events is not None
+    session.pipeline.events.message_added(message)
 
 
 def fake_factory(settings: Any, proc: Any) -> FakePipelineFactory:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from clara_voice import telemetry
-from clara_voice.agent.session import TurnMetrics
+from clara_voice.voice.messages import TurnMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 30.0  # interpreter start and the imports (livekit comes with clara_voice)

@@ -13,7 +13,7 @@ from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import Settings
 
 from .conftest import other_tasks, settle
-from .fakes import FakePipelineFactory, FakeRoom
+from .fakes import FakePipeline, FakePipelineFactory, FakeRoom
 
 
 def session_of(agent: ClaraVoiceAgent, identity: str):  # type: ignore[no-untyped-def]
@@ -201,7 +201,7 @@ async def test_creation_failure_is_logged_counted_and_isolated(
 
     assert sorted(s.participant_id for s in agent.sessions.values()) == ["alice", "carol"]
     assert agent.error_count == 1
-    assert agent.state_transitions["connecting->error"] == 1
+    assert agent.registry.state_transitions["connecting->error"] == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == ["Failed to initialize session for participant bob. Error: stt unavailable"]
 
@@ -252,10 +252,10 @@ async def test_transitions_are_checked_and_counted(agent: ClaraVoiceAgent, room:
     session = session_of(agent, "alice")
     assert session is not None
     with pytest.raises(IllegalTransition):
-        agent.transition(session, "connecting", reason="test")
+        agent.registry.transition(session, "connecting", reason="test")
     room.leave("alice")
     await settle()
-    assert agent.state_transitions == {"connecting->connected": 1, "connected->closed": 1}
+    assert agent.registry.state_transitions == {"connecting->connected": 1, "connected->closed": 1}
 
 
 async def test_aclose_twice_and_nothing_leaks(
@@ -355,8 +355,10 @@ async def test_a_pipeline_livekit_closes_ends_the_session_and_fails_it_only_on_e
     session = session_of(agent, "alice")
     assert session is not None
 
-    agent.on_pipeline_closed(session, "error" if error else "user_initiated", error=error)
+    pipeline = session.pipeline
+    assert isinstance(pipeline, FakePipeline)
+    pipeline.events.pipeline_closed("error" if error else "user_initiated", error=error)
     await settle()
     assert agent.sessions == {}
     assert session.connection_state == "closed"
-    assert (agent.state_transitions["connected->error"] == 1) is error
+    assert (agent.registry.state_transitions["connected->error"] == 1) is error

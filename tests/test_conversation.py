@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 
 from clara_voice.agent.agent import ClaraVoiceAgent
-from clara_voice.agent.conversation import MAX_METADATA_BYTES, HistoryMessage, parse_room_metadata
+from clara_voice.agent.context import MAX_METADATA_BYTES, parse_room_metadata
 from clara_voice.config import Settings
 from clara_voice.logging import get_logger
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
+from clara_voice.voice.messages import HistoryMessage
 
 from .conftest import settle
-from .fakes import FakePipelineFactory, FakeRoom
+from .fakes import FakePipelineFactory, FakeRoom, report
 
 LOG = get_logger("clara_voice.test")
 
@@ -95,9 +96,8 @@ def talk(agent: ClaraVoiceAgent, identity: str, *exchanges: tuple[str, str]) -> 
     """What the pipeline reports for each user message and its answer."""
     session = next(s for s in agent.sessions.values() if s.participant_id == identity)
     for user, reply in exchanges:
-        session.message_count += 2
-        agent.on_message(session, HistoryMessage(role="user", text=user))
-        agent.on_message(
+        report(session, HistoryMessage(role="user", text=user))
+        report(
             session, HistoryMessage(role="assistant", text=reply, metrics={"e2e_latency": 0.8})
         )
 
@@ -116,7 +116,7 @@ async def test_a_conversation_is_persisted_and_continues_in_the_next_job(
     metadata = json.dumps({"conversation_id": "conv-7", "user_id": "u1"})
     room = FakeRoom("kitchen", metadata=metadata)
     agent = await run_agent(room, settings, factory)
-    assert agent.conversation_id == "conv-7"
+    assert agent.conversation.conversation_id == "conv-7"
     room.join("alice")
     await settle()
     talk(agent, "alice", ("hello", "hi alice"), ("what time is it", "noon"))
@@ -188,12 +188,12 @@ async def test_the_agent_follows_room_metadata_changes(
     room = FakeRoom(metadata=json.dumps({"conversation_id": "conv-a"}))
     agent = await run_agent(room, settings, factory)
     room.emit("room_metadata_changed", room.metadata, "{broken")
-    assert agent.conversation_id == "conv-a"  # bad metadata changes nothing but warns
+    assert agent.conversation.conversation_id == "conv-a"  # bad metadata changes nothing but warns
     assert "room metadata is not JSON, starting a fresh conversation" in warnings_of(caplog)
     new = json.dumps({"conversation_id": "conv-b", "user_id": "u2"})
     room.emit("room_metadata_changed", room.metadata, new)
-    assert agent.conversation_id == "conv-b"
-    assert agent.context.user_id == "u2"
+    assert agent.conversation.conversation_id == "conv-b"
+    assert agent.conversation.context.user_id == "u2"
     await agent.aclose()
 
 
@@ -223,17 +223,17 @@ async def test_saving_never_waits_for_a_slow_or_dead_backend(
     room.join("alice")
     await settle()
     talk(agent, "alice", *[(f"q{i}", f"a{i}") for i in range(50)])
-    recorder = agent.recorder
+    recorder = agent.conversation.recorder
     assert recorder is not None
     await agent.aclose()  # flushes for CLARA_OUTBOX_FLUSH_TIMEOUT, then leaves the rest
     assert recorder.outbox.pending_count() > 100
 
     # the next job on the same data directory delivers what the backend missed, once
     agent2 = await run_agent(FakeRoom(), settings, FakePipelineFactory())
-    recorder2 = agent2.recorder
+    recorder2 = agent2.conversation.recorder
     assert recorder2 is not None
     async with asyncio.timeout(10):
         await recorder2.outbox.wait_drained()
     await agent2.aclose()
-    stored = await read_store(settings, agent.conversation_id)
+    stored = await read_store(settings, agent.conversation.conversation_id)
     assert [m.text for m in stored] == [t for i in range(50) for t in (f"q{i}", f"a{i}")]

@@ -145,9 +145,9 @@ async def test_a_worker_killed_mid_conversation_loses_no_acknowledged_turn(
     backend = CountingBackend(store)
     agent = ClaraVoiceAgent(FakeRoom(), settings, pipeline=FakePipelineFactory(), backend=backend)
     await agent.start()
-    assert agent.recorder is not None
+    assert agent.conversation.recorder is not None
     async with asyncio.timeout(15):
-        await agent.recorder.outbox.wait_drained()
+        await agent.conversation.recorder.outbox.wait_drained()
     await agent.aclose()
 
     delivered = Counter(key for key in backend.calls if key.startswith("turn:"))

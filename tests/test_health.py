@@ -1,4 +1,4 @@
-"""HealthMonitor on a fake agent view with short intervals: the seed's summary line, stuck
+"""HealthMonitor on fake sessions with short intervals: the seed's summary line, stuck
 sessions, memory, the healthy/unhealthy decision, a failing round, and its lifecycle."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from livekit import rtc
 from prometheus_client import REGISTRY
 
 from clara_voice.agent.health import HealthMonitor
@@ -33,15 +34,17 @@ class FakeSession:
     connection_state: str = "connected"
 
 
-@dataclass
-class FakeAgent:
-    """What HealthMonitor reads of a ClaraVoiceAgent."""
+class FakeAgent(rtc.EventEmitter[str]):
+    """What HealthMonitor is given of a room job: its sessions (and their events), its
+    metrics, its outbox backlog and its error count."""
 
-    sessions: dict[str, FakeSession] = field(default_factory=dict)
-    metrics: PerformanceMetrics = field(default_factory=PerformanceMetrics)
-    pending: int | None = 0
-    fail: Exception | None = None
-    counted: list[ErrorSource] = field(default_factory=list)
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: dict[str, FakeSession] = {}
+        self.metrics = PerformanceMetrics()
+        self.pending: int | None = 0
+        self.fail: Exception | None = None
+        self.counted: list[ErrorSource] = []
 
     def outbox_pending(self) -> int | None:
         if self.fail is not None:
@@ -51,6 +54,17 @@ class FakeAgent:
     def count_error(self, source: ErrorSource) -> None:
         self.counted.append(source)
         self.metrics.error_count += 1
+
+
+def monitor_of(fake: FakeAgent, settings: Settings, *, log: ContextLogger) -> HealthMonitor:
+    return HealthMonitor(
+        fake,
+        fake.metrics,
+        settings,
+        outbox_pending=fake.outbox_pending,
+        count_error=fake.count_error,
+        log=log,
+    )
 
 
 class Records(logging.Handler):
@@ -135,7 +149,7 @@ def fake() -> FakeAgent:
 async def monitor(
     fake: FakeAgent, tmp_path: Path, log: ContextLogger
 ) -> AsyncIterator[HealthMonitor]:
-    health = HealthMonitor(fake, health_settings(tmp_path), log=log)
+    health = monitor_of(fake, health_settings(tmp_path), log=log)
     await health.start()
     yield health
     await health.aclose()
@@ -148,7 +162,7 @@ async def test_the_summary_line_has_the_seeds_wording_and_the_agents_numbers(
     fake.metrics.error_count = 3
     fake.metrics.reconnection_count = 1
     fake.pending = 7
-    async with HealthMonitor(fake, health_settings(tmp_path), log=log) as monitor:
+    async with monitor_of(fake, health_settings(tmp_path), log=log) as monitor:
         record = await records.wait_for(is_summary, "health check summary")
 
     match = SUMMARY.match(record.getMessage())
@@ -194,7 +208,7 @@ async def test_a_session_older_than_the_threshold_is_reported_as_stuck(
         "session_new": FakeSession(age_seconds=5.0),
     }
     settings = health_settings(tmp_path, stuck_session_threshold=120.0)
-    async with HealthMonitor(fake, settings, log=log):
+    async with monitor_of(fake, settings, log=log):
         await records.wait_for(is_summary, "a summary")
 
     stuck = records.matching(lambda r: r.levelno == logging.WARNING and not is_summary(r))
@@ -212,7 +226,7 @@ async def test_too_many_pending_outbox_records_make_the_agent_unhealthy_until_th
     baseline = gauge("clara_agent_unhealthy"), gauge("clara_outbox_pending")
     fake.pending = 11
     settings = health_settings(tmp_path, unhealthy_outbox_pending=10)
-    async with HealthMonitor(fake, settings, log=log) as monitor:
+    async with monitor_of(fake, settings, log=log) as monitor:
         turned = await records.wait_for(lambda r: r.getMessage() == "agent unhealthy", "unhealthy")
         assert turned.reasons == ["outbox pending 11 > 10"]  # type: ignore[attr-defined]
         assert not monitor.healthy
@@ -278,7 +292,7 @@ async def test_the_session_gauges_follow_the_agent_and_closing_takes_them_back(
         return value or 0.0
 
     baseline = active(), in_state("connected"), in_state("reconnecting")
-    monitor = HealthMonitor(fake, health_settings(tmp_path, health_check_interval=60.0), log=log)
+    monitor = monitor_of(fake, health_settings(tmp_path, health_check_interval=60.0), log=log)
     fake.sessions["a"] = FakeSession()
     monitor.sessions_changed()  # not running yet: nothing exported
     assert active() == baseline[0]
@@ -286,14 +300,15 @@ async def test_the_session_gauges_follow_the_agent_and_closing_takes_them_back(
     await monitor.start()
     assert active() == baseline[0] + 1
     fake.sessions["b"] = FakeSession(connection_state="reconnecting")
-    monitor.sessions_changed()
+    fake.emit("session_created", fake.sessions["b"])  # the gauges follow the sessions' events
     assert active() == baseline[0] + 2
     assert (in_state("connected"), in_state("reconnecting")) == (baseline[1] + 1, baseline[2] + 1)
 
     await monitor.aclose()
     assert (active(), in_state("connected"), in_state("reconnecting")) == baseline
-    monitor.sessions_changed()  # closed: nothing exported any more
+    fake.emit("session_closed", fake.sessions.pop("b"), "left")  # closed: nothing exported
     assert active() == baseline[0]
+    assert not fake._events.get("session_closed")  # no handler left behind
 
 
 async def test_start_and_aclose_are_idempotent_and_leave_no_task(
@@ -302,9 +317,9 @@ async def test_start_and_aclose_are_idempotent_and_leave_no_task(
     def health_tasks() -> set[asyncio.Task[object]]:
         return {t for t in other_tasks() if t.get_name().startswith("clara.health.")}
 
-    monitor = HealthMonitor(fake, health_settings(tmp_path), log=log)
+    monitor = monitor_of(fake, health_settings(tmp_path), log=log)
     await monitor.aclose()  # never started: nothing to do
-    monitor = HealthMonitor(fake, health_settings(tmp_path), log=log)
+    monitor = monitor_of(fake, health_settings(tmp_path), log=log)
     await monitor.start()
     tasks = health_tasks()
     assert len(tasks) == 2  # the rounds and the loop-lag ticker

@@ -14,12 +14,12 @@ from livekit import rtc
 from livekit.agents import JobContext
 from livekit.agents.job import _JobContextVar
 
-from clara_voice.voice import pipeline as pipeline_module
-from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import Settings
 from clara_voice.logging import get_logger
-from clara_voice.voice.pipeline import LiveKitPipeline, _holds
-from clara_voice.voice.turns import RPC_END_TURN, RPC_START_TURN
+from clara_voice.voice import pipeline as pipeline_module
+from clara_voice.voice._livekit_job import _holds
+from clara_voice.voice.pipeline import LiveKitPipeline
+from clara_voice.voice.routing import RPC_END_TURN, RPC_START_TURN
 
 from .audio import energy
 from .conftest import other_tasks
@@ -294,15 +294,14 @@ async def test_a_pipeline_whose_session_close_times_out_still_closes_its_media(
     """Regression: when closing the AgentSession timed out, the pipeline skipped closing
     its media, leaving the agent's track published and RoomIO's handlers registered."""
     monkeypatch.setattr(pipeline_module, "CLOSE_TIMEOUT", 0.05)
-    session = ParticipantSession(
-        session_id="s1", participant_id="alice", participant_sid="PA_1", log=get_logger("test")
-    )
     pipeline = LiveKitPipeline(
         agent_session=_HungSession(),  # type: ignore[arg-type]
-        session=session,
-        observer=None,  # type: ignore[arg-type]
+        identity="alice",
+        session_type="voice-vad",
+        events=None,  # type: ignore[arg-type]
         settings=settings,
         eot=lambda: None,
+        log=get_logger("test"),
     )
     media = pipeline.media = _Media()
 

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 from livekit import rtc
 
 from clara_voice.agent.agent import ClaraVoiceAgent
-from clara_voice.agent.conversation import HistoryMessage
 from clara_voice.config import Settings, load_settings
+from clara_voice.voice.messages import HistoryMessage
 
 from .conftest import other_tasks, settle
-from .fakes import FakePipelineFactory, FakeRoom
+from .fakes import FakePipelineFactory, FakeRoom, report
 
 POOR = rtc.ConnectionQuality.QUALITY_POOR
 LOST = rtc.ConnectionQuality.QUALITY_LOST
@@ -66,15 +66,15 @@ async def test_a_quality_drop_marks_reconnecting_and_recovery_reconnects(
     assert session.connection_state == "connected"  # type: ignore[attr-defined]
     assert session.reconnection_attempts == 0  # type: ignore[attr-defined]
     assert live.metrics.reconnection_count == 1
-    assert live.state_transitions["connected->reconnecting"] == 1
-    assert live.state_transitions["reconnecting->connected"] == 1
+    assert live.registry.state_transitions["connected->reconnecting"] == 1
+    assert live.registry.state_transitions["reconnecting->connected"] == 1
 
 
 async def test_a_dropped_participant_that_returns_in_time_resumes_the_same_session(
     live: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
 ) -> None:
     session = await joined(live, room, "alice")
-    live.on_message(session, HistoryMessage(role="user", text="before the drop"))  # type: ignore[arg-type]
+    report(session, HistoryMessage(role="user", text="before the drop"))  # type: ignore[arg-type]
     room.drop("alice")
     await settle()
     assert live.sessions == {session.session_id: session}  # type: ignore[attr-defined]
@@ -150,7 +150,7 @@ async def test_a_client_initiated_leave_ends_the_session_at_once(
     await settle()
     assert live.sessions == {}
     assert session.connection_state == "closed"  # type: ignore[attr-defined]
-    assert live.state_transitions["connected->reconnecting"] == 0
+    assert live.registry.state_transitions["connected->reconnecting"] == 0
 
 
 async def test_the_agents_own_reconnect_moves_every_session(
@@ -225,12 +225,12 @@ async def play(ops: list[tuple[object, ...]]) -> None:
     assert agent.sessions == {}
     assert factory.open_pipelines == []
     assert room.listener_count() == 0
-    assert agent._reconnection.held == frozenset()
+    assert agent._reconnection.waiting == 0  # no grace timer left
     assert other_tasks() == set()
 
 
 def check_invariants(agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory) -> None:
-    held = agent._reconnection.held
+    held = {s.session_id for s in agent.sessions.values() if agent._reconnection.holds(s)}
     by_identity: dict[str, int] = {}
     for session in agent.sessions.values():
         by_identity[session.participant_id] = by_identity.get(session.participant_id, 0) + 1
@@ -248,7 +248,9 @@ def check_invariants(agent: ClaraVoiceAgent, room: FakeRoom, factory: FakePipeli
         assert by_identity.get(identity, 0) <= 1
     # one open pipeline per live session, counters add up
     assert len(factory.open_pipelines) == len(agent.sessions)
-    closed = sum(n for move, n in agent.state_transitions.items() if move.endswith("->closed"))
+    closed = sum(
+        n for move, n in agent.registry.state_transitions.items() if move.endswith("->closed")
+    )
     assert closed == len(factory.started) - len(factory.open_pipelines)
     assert agent.metrics.reconnection_count >= sum(
         s.reconnection_attempts for s in agent.sessions.values()

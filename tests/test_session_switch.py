@@ -15,15 +15,10 @@ import pytest
 from livekit import rtc
 
 from clara_voice.agent.session import ParticipantSession
-from clara_voice.config import SessionType
-from clara_voice.voice.pipeline import VoicePipeline
-from clara_voice.voice.turns import (
-    PTT_METHODS,
-    RPC_END_TURN,
-    RPC_START_TURN,
-    SESSION_TYPES,
-    expected_effective,
-)
+from clara_voice.states import SESSION_TYPES, SessionType
+from clara_voice.voice.routing import PTT_METHODS, RPC_END_TURN, RPC_START_TURN
+from clara_voice.voice.seams import VoicePipeline
+from clara_voice.voice.turns import expected_effective
 
 from .fakes import FakeRoom
 from .pipeline_kit import TURN_TIMEOUT, Harness, running_harness, until, user_texts
@@ -44,9 +39,12 @@ def pipeline_of(session: ParticipantSession) -> VoicePipeline:
     return session.pipeline
 
 
-def switch(session: ParticipantSession, session_type: SessionType) -> VoicePipeline:
+def switch(
+    harness: Harness, session: ParticipantSession, session_type: SessionType
+) -> VoicePipeline:
+    """What a client's change request comes down to: the registry switches the type."""
     pipeline = pipeline_of(session)
-    pipeline.set_session_type(session_type)
+    harness.agent.registry.switch_type(session, session_type, source="test")
     assert session.session_type == session_type
     assert pipeline.effective() == expected_effective(session_type)
     return pipeline
@@ -92,7 +90,7 @@ async def test_text_to_voice_vad_keeps_the_conversation(harness: Harness) -> Non
     assert await media.text.next_reply(timeout=TURN_TIMEOUT) == "First answer."
     assert harness.openai.speech_requests == []
 
-    switch(session, "voice-vad")
+    switch(harness, session, "voice-vad")
     harness.speak("carol", "What time is it?")
     reply = await media.speaker.next_segment(timeout=TURN_TIMEOUT)
     await reply.wait_finished(timeout=TURN_TIMEOUT)
@@ -115,7 +113,7 @@ async def test_voice_vad_to_text_stops_hearing_and_speaking(harness: Harness) ->
     assert session.session_type == "voice-vad"
     assert pipeline_of(session).effective() == expected_effective("voice-vad")
 
-    switch(session, "text")
+    switch(harness, session, "text")
     heard_before = stt_audio_bytes(harness)
     await silence_after(harness, "alice", "Hello?")
     assert stt_audio_bytes(harness) == heard_before  # nothing reached the STT
@@ -146,7 +144,7 @@ async def test_voice_vad_to_push_to_talk_waits_for_start_turn(harness: Harness) 
         await local.call_rpc("alice", RPC_START_TURN)
     assert json.loads(refused.value.data or "")["error"] == "no_session"
 
-    pipeline = switch(session, "voice-ptt")
+    pipeline = switch(harness, session, "voice-ptt")
     unheard = harness.speak("alice", "Not now.")
     await unheard.wait_sent(timeout=TURN_TIMEOUT)
 
@@ -164,7 +162,7 @@ async def test_voice_vad_to_push_to_talk_waits_for_start_turn(harness: Harness) 
     assert pipeline.effective() == expected_effective("voice-ptt")
 
     # leaving push-to-talk: the client's turn RPCs are refused again
-    switch(session, "text")
+    switch(harness, session, "text")
     with pytest.raises(rtc.RpcError) as refused:
         await local.call_rpc("alice", RPC_START_TURN)
     assert json.loads(refused.value.data or "")["error"] == "no_session"

@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 from livekit import rtc
 
 from clara_voice.agent.agent import ClaraVoiceAgent
-from clara_voice.agent.session import ConnectionState, ParticipantSession, new_session_id
-from clara_voice.config import SessionType, Settings
+from clara_voice.agent.registry import SessionRegistry
+from clara_voice.agent.session import ParticipantSession, new_session_id
+from clara_voice.config import Settings
 from clara_voice.logging import get_logger
+from clara_voice.states import ConnectionState, SessionType
 from clara_voice.sync.protocol import (
     MAX_REQUEST_BYTES,
     RPC_SET_SESSION_TYPE,
@@ -46,8 +48,7 @@ class Clock:
 
 
 class RetypablePipeline(FakePipeline):
-    """A FakePipeline that can fail to switch, and that updates the session as the real
-    pipeline does."""
+    """A FakePipeline that can fail to switch."""
 
     def __init__(
         self,
@@ -59,34 +60,21 @@ class RetypablePipeline(FakePipeline):
         super().__init__(identity, session_type=session_type)
         self.types: list[str] = self.session_type_calls
         self.fail = fail
-        self.session: ParticipantSession | None = None
 
     def set_session_type(self, session_type: SessionType) -> None:
         if self.fail is not None:
             raise self.fail
         super().set_session_type(session_type)
-        if self.session is not None:
-            self.session.session_type = session_type
 
 
 class Host:
-    """The part of ClaraVoiceAgent SessionSync uses, with sessions made by hand."""
+    """The room job's sessions as SessionSync gets them (the agent's real SessionRegistry),
+    with sessions made and moved by hand."""
 
     def __init__(self, room: FakeRoom) -> None:
         self._room = room
-        self.sessions: dict[str, ParticipantSession] = {}
+        self.registry = SessionRegistry()
         self.errors: Counter[str] = Counter()
-        self.sync: SessionSync | None = None
-
-    @property
-    def room(self) -> rtc.Room:
-        return self._room  # type: ignore[return-value]
-
-    def session_of(self, identity: str) -> ParticipantSession | None:
-        for session in self.sessions.values():
-            if session.participant_id == identity:
-                return session
-        return None
 
     def count_error(self, source: ErrorSource) -> None:
         self.errors[source] += 1
@@ -111,38 +99,31 @@ class Host:
             log=LOG,
             session_type=session_type,
         )
-        if pipeline is None:
-            pipeline = RetypablePipeline(identity, session_type=session_type)
-            pipeline.session = session
-        session.pipeline = pipeline
-        self.sessions[session.session_id] = session
-        assert self.sync is not None
-        self.sync.session_created(session)
+        session.pipeline = pipeline or RetypablePipeline(identity, session_type=session_type)
+        self.registry.add(session)
         if connect:
             self.move(session, "connected", "pipeline started")
         return session
 
     def move(self, session: ParticipantSession, new: ConnectionState, reason: str) -> None:
-        """What ClaraVoiceAgent.transition does, with the one added call."""
-        old = session.connection_state
-        session.connection_state = new
+        """What the agent does to move a session (a closed one is no longer kept)."""
         if new == "closed":
-            self.sessions.pop(session.session_id, None)
-        assert self.sync is not None
-        self.sync.state_changed(session, old, new, reason=reason)
+            self.registry.detach(session.session_id)
+        self.registry.transition(session, new, reason=reason)
 
 
 def make_sync(host: Host, settings: Settings, clock: Clock, **kwargs: Any) -> SessionSync:
     sync = SessionSync(
-        host,
+        host._room,  # type: ignore[arg-type]
+        host.registry,
         settings,
         log=LOG,
+        count_error=host.count_error,
         interval=kwargs.pop("interval", 60.0),
         attribute_interval=0.0,
         clock=clock,
         **kwargs,
     )
-    host.sync = sync
     return sync
 
 
@@ -269,7 +250,7 @@ async def test_aclose_before_start(host: Host, settings: Settings, clock: Clock)
 
 
 async def test_interval_comes_from_settings(host: Host, settings: Settings, clock: Clock) -> None:
-    sync = SessionSync(host, settings, log=LOG)
+    sync = SessionSync(host._room, host.registry, settings, log=LOG)  # type: ignore[arg-type]
     assert sync._interval == getattr(settings, "sync_interval", 5.0)
 
 
@@ -769,7 +750,9 @@ def test_fuzz_attribute_changes(settings: Settings) -> None:
         async def poke(identity: str, changed: dict[str, str]) -> None:
             if identity == "agent-clara":
                 # the agent's own attribute writes come back as events of its participant
-                arena.sync._on_attributes_changed(changed, arena.room.local_participant)  # type: ignore[arg-type]
+                arena.room.emit(
+                    "participant_attributes_changed", changed, arena.room.local_participant
+                )
             elif identity in arena.room.remote_participants:
                 arena.room.set_attributes(identity, changed)
             await settle_sync(arena.sync)
@@ -810,33 +793,11 @@ def test_fuzz_request_parsing_raises_only_request_errors(payload: str) -> None:
 # -- with the real agent ---------------------------------------------------------------------
 
 
-class SyncedAgent(ClaraVoiceAgent):
-    """ClaraVoiceAgent with the integration lines proposed for agent.py."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._sync = SessionSync(self, self._settings, log=self._log, attribute_interval=0.0)
-
-    async def start(self) -> None:
-        await super().start()
-        await self._sync.start()
-
-    async def aclose(self) -> None:
-        await self._sync.aclose()
-        await super().aclose()
-
-    def transition(self, session: ParticipantSession, new: ConnectionState, *, reason: str) -> None:
-        old = session.connection_state
-        super().transition(session, new, reason=reason)
-        if old != new:
-            self._sync.state_changed(session, old, new, reason=reason)
-
-
 async def test_with_the_agent(
     room: FakeRoom, settings: Settings, factory: FakePipelineFactory
 ) -> None:
     baseline, tasks = room.listener_count(), other_tasks()
-    agent = SyncedAgent(room, settings, pipeline=factory)
+    agent = ClaraVoiceAgent(room, settings, pipeline=factory)
     await agent.start()
     room.join("alice")
     await settle()

@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess, values
 
 from clara_voice import telemetry
-from clara_voice.agent.session import TurnMetrics
+from clara_voice.voice.messages import TurnMetrics
 
 from .metrics_writer_proc import metrics_writers
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
-from clara_voice.agent.session import ConnectionState, IllegalTransition, ParticipantSession
+from clara_voice.agent.session import IllegalTransition, ParticipantSession
 from clara_voice.config import Settings, SettingsError, load_settings
 from clara_voice.persistence import Backend
-from clara_voice.voice.pipeline import PipelineFactory, VoicePipeline
+from clara_voice.states import ConnectionState
+from clara_voice.voice.seams import PipelineFactory, VoicePipeline
 
 __version__ = "0.1.0"
 

@@ -24,10 +24,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clara_voice._settings_errors import SettingsError, describe
+from clara_voice.states import SessionType
+
 ENV_PREFIX = "CLARA_"
 
 LogFormat = Literal["auto", "json", "console"]
-SessionType = Literal["text", "voice-ptt", "voice-vad"]
 TurnDetection = Literal["vad", "stt", "eot"]
 STTProvider = Literal["deepgram", "openai"]
 TTSFormat = Literal["pcm", "wav", "mp3", "opus", "aac", "flac"]
@@ -74,14 +76,6 @@ class TTSSpec(_Spec):
     base_url: str | None = None
     api_key: SecretStr | None = None
     response_format: TTSFormat = "pcm"
-
-
-class SettingsError(Exception):
-    """Raised by :func:`load_settings`; ``str()`` is one line per invalid variable."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
 
 
 class Settings(BaseSettings):
@@ -357,38 +351,6 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
-    def stt_chain(self) -> list[STTSpec]:
-        """The primary STT followed by its fallbacks."""
-        primary = STTSpec(
-            provider=self.stt_provider,
-            model=self.stt_model,
-            language=self.stt_language,
-            base_url=self.stt_base_url,
-            api_key=self.stt_api_key,
-        )
-        return [primary, *self.stt_fallbacks]
-
-    def llm_chain(self) -> list[LLMSpec]:
-        """The primary LLM followed by its fallbacks."""
-        primary = LLMSpec(
-            model=self.llm_model,
-            base_url=self.llm_base_url,
-            api_key=self.llm_api_key,
-            temperature=self.llm_temperature,
-        )
-        return [primary, *self.llm_fallbacks]
-
-    def tts_chain(self) -> list[TTSSpec]:
-        """The primary TTS followed by its fallbacks."""
-        primary = TTSSpec(
-            model=self.tts_model,
-            voice=self.tts_voice,
-            base_url=self.tts_base_url,
-            api_key=self.tts_api_key,
-            response_format=self.tts_response_format,
-        )
-        return [primary, *self.tts_fallbacks]
-
     @model_validator(mode="after")
     def _check_backend(self) -> Settings:
         if self.backend == "http" and not self.backend_url:
@@ -413,7 +375,8 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**init)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
+        names = {name: Settings.env_name(name) for name in Settings.model_fields}
+        raise SettingsError(describe(exc, names)) from None
 
 
 def _init_key(field: str) -> str:
@@ -421,24 +384,12 @@ def _init_key(field: str) -> str:
     return alias if isinstance(alias, str) else field
 
 
-def _describe(exc: ValidationError) -> list[str]:
-    env_for_loc = {name: Settings.env_name(name) for name in Settings.model_fields}
-    env_for_loc.update({env: env for env in env_for_loc.values()})
-    problems = []
-    for error in exc.errors(include_url=False):
-        if not error["loc"]:  # a check across settings: its message names the variables
-            problems.append(f"invalid settings: {error['msg'].removeprefix('Value error, ')}")
-            continue
-        key = str(error["loc"][0])
-        variable = env_for_loc.get(key, key.upper())
-        variable += "".join(
-            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:]
-        )
-        message = error["msg"].removeprefix("Value error, ")
-        given = error.get("input")
-        hidden = isinstance(given, (dict, list)) or any(
-            word in variable.lower() for word in ("secret", "key")
-        )
-        shown = "" if hidden else f"={given!r}"
-        problems.append(f"invalid setting {variable}{shown}: {message}")
-    return problems
+__all__ = [
+    "ENV_PREFIX",
+    "LLMSpec",
+    "STTSpec",
+    "Settings",
+    "SettingsError",
+    "TTSSpec",
+    "load_settings",
+]

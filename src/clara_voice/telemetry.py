@@ -28,13 +28,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, get_args
+from typing import Final, Literal, Protocol, get_args
 
 import psutil  # type: ignore[import-untyped]
 from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
-
-if TYPE_CHECKING:
-    from clara_voice.agent.session import TurnMetrics
 
 ErrorSource = Literal["provider", "persistence", "session", "health"]
 """What failed: a provider (STT, LLM, TTS), persistence (backend, outbox), a session's
@@ -52,7 +49,27 @@ TURN_STAGES: Final[dict[TurnStage, str]] = {
     "llm_ttft": "llm_ttft",
     "tts_ttfb": "tts_ttfb",
 }
-"""Each ``stage`` label and the :class:`~clara_voice.sessions.TurnMetrics` field it observes."""
+"""Each ``stage`` label and the turn's field it observes."""
+
+
+class TurnFigures(Protocol):
+    """A completed turn's latencies in seconds (``voice.messages.TurnMetrics`` has them)."""
+
+    @property
+    def e2e_latency(self) -> float | None: ...
+
+    @property
+    def end_of_turn_delay(self) -> float | None: ...
+
+    @property
+    def transcription_delay(self) -> float | None: ...
+
+    @property
+    def llm_ttft(self) -> float | None: ...
+
+    @property
+    def tts_ttfb(self) -> float | None: ...
+
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_DIR_PREFIX = "clara-metrics-"
@@ -120,7 +137,7 @@ for _stage in TURN_STAGES:
     TURN_LATENCY.labels(stage=_stage)
 
 
-def record_turn(turn: TurnMetrics) -> None:
+def record_turn(turn: TurnFigures) -> None:
     """Observe a completed turn's latencies (the stages livekit measured)."""
     for stage, field in TURN_STAGES.items():
         value = getattr(turn, field)

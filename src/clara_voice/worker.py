@@ -39,7 +39,8 @@ from clara_voice.logging import RenderFormat, configure_logging, get_logger
 from clara_voice.persistence import Backend
 from clara_voice.persistence.http import HttpBackend
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
-from clara_voice.voice.pipeline import LiveKitPipelineFactory, PipelineFactory
+from clara_voice.voice.pipeline import LiveKitPipelineFactory
+from clara_voice.voice.seams import PipelineFactory
 
 log = get_logger("clara_voice.worker")
 

@@ -1,57 +1,50 @@
 """ClaraVoiceAgent: the supervisor of one room job (seed 000).
 
-One agent per room job. It keeps a :class:`~clara_voice.sessions.ParticipantSession` per
-human participant, keyed by session id, asks its pipeline factory for each participant's
-voice pipeline, and closes everything it started. Room events arrive through synchronous
-handlers (livekit's EventEmitter refuses coroutines) that hand the work to owned tasks.
+One agent per room job. It keeps a :class:`~clara_voice.agent.session.ParticipantSession`
+per human participant in its :class:`~clara_voice.agent.registry.SessionRegistry`, asks its
+pipeline factory for each participant's voice pipeline, and closes everything it started.
+Room events arrive through synchronous handlers (livekit's EventEmitter refuses
+coroutines) that hand the work to owned tasks.
 
-Ownership: ``JobContext`` → ClaraVoiceAgent (``ctx.add_shutdown_callback(agent.aclose)``)
-→ ParticipantSessions → each one's pipeline and start task.
+The collaborators never hold the agent: reconnection (seed 001), health (002) and session
+sync (003) get the registry (they follow its events) and the one or two calls they need;
+the conversation (004) gets the sessions' messages. Each pipeline reports to a
+:class:`_SessionEvents` of its own, which knows its session.
+
+Ownership: ``JobContext`` → ClaraVoiceAgent (closed by the worker's ``end_of_job``, and by
+the job's shutdown as a safety net) → ParticipantSessions → each one's pipeline and start
+task; the agent's own collaborators and tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Coroutine, Mapping
-from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 from livekit import rtc
 from livekit.agents.utils import aio
 
 from clara_voice import telemetry
-from clara_voice.agent.conversation import (
-    HistoryMessage,
-    ParticipantState,
-    RoomContext,
-    parse_room_metadata,
-)
+from clara_voice.agent.conversation import Conversation
 from clara_voice.agent.health import HealthMonitor
 from clara_voice.agent.metrics import PerformanceMetrics
 from clara_voice.agent.reconnection import Reconnection, is_deliberate
 from clara_voice.agent.recorder import ConversationRecorder
-from clara_voice.agent.session import (
-    ConnectionState,
-    ParticipantSession,
-    TurnMetrics,
-    check_transition,
-    new_session_id,
-)
+from clara_voice.agent.registry import SessionRegistry
+from clara_voice.agent.session import ParticipantSession, new_session_id
 from clara_voice.config import Settings
 from clara_voice.logging import get_logger
-from clara_voice.persistence import Backend, StoredMessage
+from clara_voice.persistence import Backend
 from clara_voice.sync.service import SessionSync
 from clara_voice.telemetry import ErrorSource
-from clara_voice.voice.pipeline import PipelineFactory
+from clara_voice.voice.messages import HistoryMessage, TurnMetrics
+from clara_voice.voice.seams import PipelineFactory
 from clara_voice.voice.turns import resolve_session_type
 
 CONNECT_FAILED_MESSAGE = (
     "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."
 )
-
-MAX_PARTICIPANT_METADATA = 4096
 
 # participants that are people (a browser or app, a phone call, a messaging connector);
 # agents, egress recorders, ingress streams and bridges get no session
@@ -82,48 +75,54 @@ class ClaraVoiceAgent:
         backend: Backend | None = None,
         log_context: Mapping[str, Any] | None = None,
     ) -> None:
-        self.sessions: dict[str, ParticipantSession] = {}
-        self.metrics = PerformanceMetrics()
-        self.state_transitions: Counter[str] = Counter()
         self._room = room
         self._settings = settings
         self._pipeline = pipeline
-        self._log = get_logger("clara_voice.agent", **(log_context or {}))
-        self.context = RoomContext(conversation_id="")
-        self.participants: dict[str, ParticipantState] = {}
-        self.earlier_messages: list[StoredMessage] = []
-        self._recorder = (
-            None
-            if backend is None
-            else ConversationRecorder(
+        self._log = log = get_logger("clara_voice.agent", **(log_context or {}))
+        self.registry = SessionRegistry()
+        self.metrics = PerformanceMetrics()
+        recorder = None
+        if backend is not None:
+            recorder = ConversationRecorder(
                 backend,
                 directory=settings.data_dir,
-                log=self._log,
+                log=log,
                 flush_timeout=settings.outbox_flush_timeout,
                 retry_max=settings.outbox_retry_max,
-                on_error=self._count_error,
+                on_error=lambda: self.count_error("persistence"),
             )
+        self.conversation = Conversation(room, recorder=recorder, log=log)
+        self._reconnection = Reconnection(
+            room, self.registry, self.metrics, settings, log, end_session=self.end_session_soon
         )
-        self._session_by_identity: dict[str, str] = {}
-        self._reconnection = Reconnection(self, settings, self._log)
-        self._health = HealthMonitor(self, settings, log=self._log)
-        self._sync = SessionSync(self, settings, log=self._log)
+        self._health = HealthMonitor(
+            self.registry,
+            self.metrics,
+            settings,
+            outbox_pending=self.conversation.outbox_pending,
+            count_error=self.count_error,
+            log=log,
+        )
+        self._sync = SessionSync(
+            room, self.registry, settings, log=log, count_error=self.count_error
+        )
+        self.registry.on("turn_completed", self._on_turn_completed)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cleanups: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
 
     @property
-    def room(self) -> rtc.Room:
-        return self._room
+    def sessions(self) -> Mapping[str, ParticipantSession]:
+        return self.registry.sessions
+
+    def session_of(self, identity: str) -> ParticipantSession | None:
+        """The session of a participant identity, if it has one."""
+        return self.registry.of(identity)
 
     @property
     def error_count(self) -> int:
         return self.metrics.error_count
-
-    @property
-    def recorder(self) -> ConversationRecorder | None:
-        return self._recorder
 
     async def start(self) -> None:
         """Read the room's context, open persistence, then follow the room's participants;
@@ -131,20 +130,7 @@ class ClaraVoiceAgent:
         if self._started or self._closed:
             return
         self._started = True
-        self.context = parse_room_metadata(self._room.metadata, self._log)
-        self._room.on("room_metadata_changed", self._on_room_metadata_changed)
-        if self._recorder is not None:
-            self.earlier_messages = await self._recorder.start(
-                room=self._room.name, context=self.context, history=self._settings.history_messages
-            )
-        self._log.info(
-            "conversation context",
-            extra={
-                "conversation_id": self.conversation_id,
-                "user_id": self.context.user_id,
-                "earlier_messages": len(self.earlier_messages),
-            },
-        )
+        await self.conversation.start(history=self._settings.history_messages)
         self._room.on("participant_connected", self._on_participant_connected)
         self._room.on("participant_disconnected", self._on_participant_disconnected)
         self._reconnection.start()
@@ -169,28 +155,24 @@ class ClaraVoiceAgent:
         if self._started:
             self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_disconnected", self._on_participant_disconnected)
-            self._room.off("room_metadata_changed", self._on_room_metadata_changed)
         self._reconnection.close()
         failures: list[BaseException] = []
         if self._cleanups:
             # a failed cleanup was already logged and counted by its done callback
             await asyncio.gather(*self._cleanups, return_exceptions=True)
         await aio.cancel_and_wait(*self._tasks)  # joins still starting are abandoned
-        for session_id in list(self.sessions):
+        for session_id in list(self.registry.sessions):
             try:
                 await self.cleanup_session(session_id, reason="agent closed")
             except Exception as exc:
                 failures.append(exc)
         await self._sync.aclose()  # after the sessions, so their last events go out
-        try:
-            await self._pipeline.aclose()
-        except Exception as exc:
-            failures.append(exc)
-        if self._recorder is not None:
+        for close in (self._pipeline.aclose, self.conversation.aclose):
             try:
-                await self._recorder.aclose()
+                await close()
             except Exception as exc:
                 failures.append(exc)
+        self.registry.off("turn_completed", self._on_turn_completed)
         for failure in failures:
             self.count_error("session")
             self._log.error("error while closing the agent", exc_info=failure)
@@ -210,16 +192,15 @@ class ClaraVoiceAgent:
             return None
         if self._closed:
             return None
-        if (previous := self._session_by_identity.get(identity)) is not None:
-            if previous in self._reconnection.held:
+        if (previous := self.registry.of(identity)) is not None:
+            if self._reconnection.holds(previous):
                 # back within the grace period: the same session goes on
-                session = self.sessions[previous]
-                self._reconnection.resume(session, participant)
-                self._participant_joined(participant)
-                return session
+                self._reconnection.resume(previous, participant)
+                self.conversation.joined(participant)
+                return previous
             # the same identity joined again before its old session ended (e.g. a second
             # device replacing the first): one session per identity, the newest wins
-            await self.cleanup_session(previous, reason="identity rejoined")
+            await self.cleanup_session(previous.session_id, reason="identity rejoined")
 
         session_id = new_session_id(identity)
         log = self._log.bind(participant=identity, session_id=session_id)
@@ -231,18 +212,20 @@ class ClaraVoiceAgent:
             session_type=resolve_session_type(
                 participant, self._settings.default_session_type, log
             ),
+            earlier_messages=list(self.conversation.earlier_messages),
         )
-        session.earlier_messages = list(self.earlier_messages)
-        self.sessions[session_id] = session
-        self._session_by_identity[identity] = session_id
-        self._health.sessions_changed()
-        self._sync.session_created(session)
+        self.registry.add(session)
         log.info("participant joined")
-        self._participant_joined(participant)
+        self.conversation.joined(participant)
 
         session.start_task = asyncio.create_task(
             self._pipeline.start(
-                room=self._room, participant=participant, session=session, observer=self
+                room=self._room,
+                participant=participant,
+                session_type=session.session_type,
+                history=session.earlier_messages,
+                events=_SessionEvents(self, session),
+                log=log,
             ),
             name=f"clara.pipeline_start.{session_id}",
         )
@@ -252,7 +235,7 @@ class ClaraVoiceAgent:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 # we are being cancelled ourselves: forget the session before unwinding
-                self._detach(session_id)
+                self.registry.detach(session_id)
                 raise
             return None  # cleanup_session cancelled the start: the participant left
         except Exception as exc:
@@ -261,7 +244,7 @@ class ClaraVoiceAgent:
                 f"Failed to initialize session for participant {identity}. Error: {exc}",
                 exc_info=exc,
             )
-            self.transition(session, "error", reason="initialization failed")
+            self.registry.transition(session, "error", reason="initialization failed")
             await self.cleanup_session(session_id, reason="initialization failed")
             return None
         finally:
@@ -271,38 +254,37 @@ class ClaraVoiceAgent:
             # cleaned up while the pipeline's start was finishing: the pipeline is ours to close
             await session.pipeline.aclose()
             return None
-        self.transition(session, "connected", reason="pipeline started")
+        self.registry.transition(session, "connected", reason="pipeline started")
         log.info("session initialized")
         return session
 
     async def on_participant_left(self, participant: rtc.RemoteParticipant) -> None:
         """End the session of a participant that left the room."""
-        session_id = self._session_by_identity.get(participant.identity)
-        if session_id is None:
+        session = self.registry.of(participant.identity)
+        if session is None:
             return
-        session = self.sessions[session_id]
         if session.participant_sid and session.participant_sid != participant.sid:
             return  # a stale leave of an earlier connection of this identity
         reason = disconnect_reason_name(participant)
         session.log.info("participant left", extra={"reason": reason})
-        self._participant_left(participant.identity)
+        self.conversation.left(participant.identity)
         if not is_deliberate(participant) and session.connection_state in (
             "connected",
             "reconnecting",
         ):
             self._reconnection.hold(session, reason)
             return
-        await self.cleanup_session(session_id, reason=f"participant left ({reason})")
+        await self.cleanup_session(session.session_id, reason=f"participant left ({reason})")
 
     async def cleanup_session(self, session_id: str, *, reason: str = "cleanup") -> bool:
         """Remove a session and close what it owns; ``False`` if there was no such session."""
-        session = self._detach(session_id)
+        session = self.registry.detach(session_id)
         if session is None:
             return False
         self._reconnection.forget(session_id)
         session.log.info("cleaning up session", extra={"reason": reason})
         # ending from now on: the client hears so before the pipeline takes its time to close
-        self.transition(session, "closed", reason=reason)
+        self.registry.transition(session, "closed", reason=reason)
         if session.start_task is not None and not session.start_task.done():
             await aio.cancel_and_wait(session.start_task)
         try:
@@ -311,8 +293,7 @@ class ClaraVoiceAgent:
         except Exception as exc:
             self.count_error("session")
             session.log.error("failed to close the session's pipeline", exc_info=exc)
-        if self._recorder is not None:
-            self._recorder.session_summary(session, list(self.participants.values()))
+        self.conversation.summary(session)
         session.log.info(
             "session closed",
             extra={
@@ -320,55 +301,39 @@ class ClaraVoiceAgent:
                 "message_count": session.message_count,
             },
         )
+        self.registry.closed(session, reason)
         return True
-
-    def session_of(self, identity: str) -> ParticipantSession | None:
-        """The session of a participant identity, if it has one."""
-        session_id = self._session_by_identity.get(identity)
-        return None if session_id is None else self.sessions.get(session_id)
 
     def end_session_soon(self, session_id: str, *, reason: str) -> None:
         """Clean a session up from synchronous code (timers, room handlers); ``aclose``
         waits for it to finish."""
-        if session_id in self.sessions and not self._closed:
+        if session_id in self.registry.sessions and not self._closed:
             task = self._spawn(
                 self.cleanup_session(session_id, reason=reason), f"cleanup.{session_id}"
             )
             self._tasks.discard(task)
             self._cleanups.add(task)
 
-    def _detach(self, session_id: str) -> ParticipantSession | None:
-        session = self.sessions.pop(session_id, None)
-        if session is not None and self._session_by_identity.get(session.participant_id) == (
-            session_id
-        ):
-            del self._session_by_identity[session.participant_id]
-        return session
-
-    def transition(self, session: ParticipantSession, new: ConnectionState, *, reason: str) -> None:
-        """The one place a session's connection_state changes: checked, logged, counted."""
-        old = session.connection_state
-        if old == new:
+    def pipeline_closed(self, session: ParticipantSession, reason: str, *, error: bool) -> None:
+        """livekit closed the session's pipeline on its own: after an unrecoverable error
+        the session fails; when the job is shutting down (livekit closes the job's first
+        AgentSession before anything else) it simply ends."""
+        if self.registry.sessions.get(session.session_id) is not session or self._closed:
             return
-        check_transition(old, new)
-        session.connection_state = new
-        self._health.sessions_changed()
-        self.state_transitions[f"{old}->{new}"] += 1
-        session.log.info(
-            "connection state changed", extra={"from": old, "to": new, "reason": reason}
-        )
-        self._sync.state_changed(session, old, new, reason=reason)
+        if error:
+            session.log.warning("pipeline closed by livekit", extra={"reason": reason})
+            if session.connection_state != "closed":
+                self.registry.transition(session, "error", reason=f"pipeline closed: {reason}")
+        else:
+            session.log.info("pipeline closed by the job", extra={"reason": reason})
+        self.end_session_soon(session.session_id, reason=f"pipeline closed ({reason})")
 
-    # -- what the pipelines report (PipelineObserver) ---------------------------------------
+    def count_error(self, source: ErrorSource) -> None:
+        """Count one error: PerformanceMetrics.error_count and clara_errors_total{source}."""
+        self.metrics.error_count += 1
+        telemetry.count_error(source)
 
-    def on_message(self, session: ParticipantSession, message: HistoryMessage) -> None:
-        """A user or assistant message was added: kept in memory, persisted off the loop."""
-        if self._recorder is not None:
-            self._recorder.message(session, message)
-        session.history.append(message)
-
-    def on_turn(self, session: ParticipantSession, turn: TurnMetrics) -> None:
-        session.turns.append(turn)
+    def _on_turn_completed(self, session: ParticipantSession, turn: TurnMetrics) -> None:
         self.metrics.record_turn(turn)
         telemetry.record_turn(turn)
         session.log.info(
@@ -382,76 +347,6 @@ class ClaraVoiceAgent:
                 "tts_ttfb": turn.tts_ttfb,
             },
         )
-
-    def on_provider_error(self, session: ParticipantSession, source: str, error: object) -> None:
-        self.count_error("provider")
-        session.log.error(
-            "provider failed the turn", extra={"source": source, "error": str(error)[:300]}
-        )
-
-    def on_pipeline_closed(self, session: ParticipantSession, reason: str, *, error: bool) -> None:
-        """livekit closed the session's pipeline on its own: after an unrecoverable error
-        the session fails; when the job is shutting down (livekit closes the job's first
-        AgentSession before anything else) it simply ends."""
-        if self.sessions.get(session.session_id) is not session or self._closed:
-            return
-        if error:
-            session.log.warning("pipeline closed by livekit", extra={"reason": reason})
-            if session.connection_state != "closed":
-                self.transition(session, "error", reason=f"pipeline closed: {reason}")
-        else:
-            session.log.info("pipeline closed by the job", extra={"reason": reason})
-        self.end_session_soon(session.session_id, reason=f"pipeline closed ({reason})")
-
-    # -- conversation state (seed 004) -------------------------------------------------------
-
-    @property
-    def conversation_id(self) -> str:
-        if self._recorder is not None and self._recorder.conversation_id:
-            return self._recorder.conversation_id
-        return self.context.conversation_id
-
-    def _participant_joined(self, participant: rtc.RemoteParticipant) -> None:
-        state = ParticipantState(
-            identity=participant.identity,
-            joined_at=datetime.now(UTC),
-            metadata=participant.metadata[:MAX_PARTICIPANT_METADATA],
-        )
-        self.participants[participant.identity] = state
-        if self._recorder is not None:
-            self._recorder.participant_event(state, "connected")
-
-    def _participant_left(self, identity: str) -> None:
-        if (state := self.participants.get(identity)) is None:
-            return
-        state.left_at = datetime.now(UTC)
-        if self._recorder is not None:
-            self._recorder.participant_event(state, "disconnected")
-
-    def _on_room_metadata_changed(self, old: str, new: str) -> None:
-        context = parse_room_metadata(new, self._log)
-        if context.known and context.conversation_id != self.conversation_id:
-            self._log.info(
-                "room metadata names another conversation",
-                extra={"from": self.conversation_id, "to": context.conversation_id},
-            )
-            if self._recorder is not None:
-                self._recorder.conversation_id = context.conversation_id
-        elif not context.known:
-            context = replace(context, conversation_id=self.conversation_id)
-        self.context = context
-
-    def _count_error(self) -> None:
-        self.count_error("persistence")
-
-    def count_error(self, source: ErrorSource) -> None:
-        """Count one error: PerformanceMetrics.error_count and clara_errors_total{source}."""
-        self.metrics.error_count += 1
-        telemetry.count_error(source)
-
-    def outbox_pending(self) -> int | None:
-        """Undelivered outbox records (None without persistence); read by the health check."""
-        return None if self._recorder is None else self._recorder.outbox.pending_count()
 
     # -- room event handlers (synchronous: they hand the work to owned tasks) -------------
 
@@ -473,6 +368,29 @@ class ClaraVoiceAgent:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.count_error("session")
             self._log.error("room event handler failed", exc_info=exc)
+
+
+class _SessionEvents:
+    """What one session's pipeline reports, applied to that session."""
+
+    def __init__(self, agent: ClaraVoiceAgent, session: ParticipantSession) -> None:
+        self._agent = agent
+        self._session = session
+
+    def message_added(self, message: HistoryMessage) -> None:
+        self._agent.conversation.message(self._session, message)
+
+    def turn_completed(self, turn: TurnMetrics) -> None:
+        self._agent.registry.turn_completed(self._session, turn)
+
+    def provider_failed(self, source: str, error: object) -> None:
+        self._agent.count_error("provider")
+        self._session.log.error(
+            "provider failed the turn", extra={"source": source, "error": str(error)[:300]}
+        )
+
+    def pipeline_closed(self, reason: str, *, error: bool) -> None:
+        self._agent.pipeline_closed(self._session, reason, error=error)
 
 
 __all__ = ["CONNECT_FAILED_MESSAGE", "HUMAN_KINDS", "ClaraVoiceAgent"]

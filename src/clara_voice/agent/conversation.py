@@ -1,122 +1,132 @@
-"""Conversation state from LiveKit's own state (seed 004): room context, history, participants.
+"""Conversation: what one room job knows and keeps of the room's conversation (seed 004).
 
-The room's metadata (JSON set by the backend that created the room: ``conversation_id``,
-``user_id`` and any other keys) is the conversation's context. It is read at job start and
-followed on ``room_metadata_changed``; missing metadata gives a fresh conversation id, and
-malformed JSON, wrong types or an oversized value are one warning each and a fresh context,
-never a crash. History and participant states live in memory for the job; the backend
-(through the outbox) keeps them for good.
+Its context comes from the room's metadata at start and follows ``room_metadata_changed``;
+it keeps the room's participants as the job saw them, loads the last messages of a known
+conversation so that a new session continues from them, and hands every message, every
+participant event and every session's summary to the recorder (the durable outbox),
+without waiting. History lives in memory for the job; the backend keeps it for good.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Literal
 
+from livekit import rtc
+
+from clara_voice.agent.context import ParticipantState, RoomContext, parse_room_metadata
+from clara_voice.agent.recorder import ConversationRecorder
+from clara_voice.agent.session import ParticipantSession
 from clara_voice.logging import ContextLogger
+from clara_voice.voice.messages import HistoryMessage
 
-MAX_METADATA_BYTES = 64 * 1024
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RoomContext:
-    """What the room's metadata says about the conversation."""
-
-    conversation_id: str
-    user_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Every other key of the metadata object."""
-    known: bool = False
-    """True when the metadata named the conversation (so earlier messages may exist)."""
+MAX_PARTICIPANT_METADATA = 4096
 
 
-def new_conversation_id() -> str:
-    return f"conv_{uuid.uuid4().hex}"
+class Conversation:
+    """The room's conversation for one job: context, participants, earlier messages."""
 
+    def __init__(
+        self, room: rtc.Room, *, recorder: ConversationRecorder | None, log: ContextLogger
+    ) -> None:
+        self._room = room
+        self._log = log
+        self.recorder = recorder
+        self.context = RoomContext(conversation_id="")
+        self.participants: dict[str, ParticipantState] = {}
+        self.earlier_messages: list[HistoryMessage] = []
+        """The known conversation's last messages, loaded at start."""
+        self._started = False
 
-def parse_room_metadata(raw: str, log: ContextLogger) -> RoomContext:
-    """The room's context from its metadata; a fresh one (and a warning) when it is bad."""
-    if not raw or not raw.strip():
-        return RoomContext(conversation_id=new_conversation_id())
-    if len(raw.encode("utf-8", "replace")) > MAX_METADATA_BYTES:
-        log.warning(
-            "room metadata too large, starting a fresh conversation",
-            extra={"bytes": len(raw.encode("utf-8", "replace")), "limit": MAX_METADATA_BYTES},
+    @property
+    def conversation_id(self) -> str:
+        if self.recorder is not None and self.recorder.conversation_id:
+            return self.recorder.conversation_id
+        return self.context.conversation_id
+
+    async def start(self, *, history: int) -> None:
+        """Read the room's context, open persistence, load the earlier messages."""
+        self._started = True
+        self.context = parse_room_metadata(self._room.metadata, self._log)
+        self._room.on("room_metadata_changed", self._on_room_metadata_changed)
+        if self.recorder is not None:
+            stored = await self.recorder.start(
+                room=self._room.name, context=self.context, history=history
+            )
+            self.earlier_messages = [
+                HistoryMessage(role=m.role, text=m.text, at=_when(m.at)) for m in stored
+            ]
+        self._log.info(
+            "conversation context",
+            extra={
+                "conversation_id": self.conversation_id,
+                "user_id": self.context.user_id,
+                "earlier_messages": len(self.earlier_messages),
+            },
         )
-        return RoomContext(conversation_id=new_conversation_id())
+
+    async def aclose(self) -> None:
+        """Stop following the room and flush what is recorded; safe to call twice."""
+        if self._started:
+            self._started = False
+            self._room.off("room_metadata_changed", self._on_room_metadata_changed)
+        if self.recorder is not None:
+            await self.recorder.aclose()
+
+    def joined(self, participant: rtc.RemoteParticipant) -> None:
+        state = ParticipantState(
+            identity=participant.identity,
+            joined_at=datetime.now(UTC),
+            metadata=participant.metadata[:MAX_PARTICIPANT_METADATA],
+        )
+        self.participants[participant.identity] = state
+        if self.recorder is not None:
+            self.recorder.participant_event(state, "connected")
+
+    def left(self, identity: str) -> None:
+        if (state := self.participants.get(identity)) is None:
+            return
+        state.left_at = datetime.now(UTC)
+        if self.recorder is not None:
+            self.recorder.participant_event(state, "disconnected")
+
+    def message(self, session: ParticipantSession, message: HistoryMessage) -> None:
+        """A user or assistant message of ``session``: kept, and recorded off the loop."""
+        if self.recorder is not None:
+            self.recorder.message(session, message)
+        session.history.append(message)
+        session.message_count += 1
+
+    def summary(self, session: ParticipantSession) -> None:
+        """``session`` ended: its summary is recorded."""
+        if self.recorder is not None:
+            self.recorder.session_summary(session, list(self.participants.values()))
+
+    def outbox_pending(self) -> int | None:
+        """Undelivered outbox records (None without persistence)."""
+        return None if self.recorder is None else self.recorder.outbox.pending_count()
+
+    def _on_room_metadata_changed(self, old: str, new: str) -> None:
+        context = parse_room_metadata(new, self._log)
+        if context.known and context.conversation_id != self.conversation_id:
+            self._log.info(
+                "room metadata names another conversation",
+                extra={"from": self.conversation_id, "to": context.conversation_id},
+            )
+            if self.recorder is not None:
+                self.recorder.conversation_id = context.conversation_id
+        elif not context.known:
+            context = replace(context, conversation_id=self.conversation_id)
+        self.context = context
+
+
+def _when(text: str) -> datetime:
+    """A stored message's time (ISO 8601); now, when a backend sent something else."""
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        log.warning(
-            "room metadata is not JSON, starting a fresh conversation", extra={"error": str(exc)}
-        )
-        return RoomContext(conversation_id=new_conversation_id())
-    if not isinstance(data, dict):
-        log.warning(
-            "room metadata is not a JSON object, starting a fresh conversation",
-            extra={"type": type(data).__name__},
-        )
-        return RoomContext(conversation_id=new_conversation_id())
-    conversation_id = data.pop("conversation_id", None)
-    user_id = data.pop("user_id", None)
-    if conversation_id is not None and not (
-        isinstance(conversation_id, str) and _ID.match(conversation_id)
-    ):
-        log.warning(
-            "room metadata has an invalid conversation_id, starting a fresh conversation",
-            extra={"type": type(conversation_id).__name__},
-        )
-        return RoomContext(conversation_id=new_conversation_id())
-    if user_id is not None and not isinstance(user_id, str | int):
-        log.warning(
-            "room metadata has an invalid user_id, ignoring it",
-            extra={"type": type(user_id).__name__},
-        )
-        user_id = None
-    return RoomContext(
-        conversation_id=conversation_id or new_conversation_id(),
-        user_id=None if user_id is None else str(user_id),
-        extra=data,
-        known=conversation_id is not None,
-    )
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.now(UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
-@dataclass(kw_only=True)
-class ParticipantState:
-    """A participant of the room as the job saw it."""
-
-    identity: str
-    joined_at: datetime
-    left_at: datetime | None = None
-    metadata: str = ""
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "identity": self.identity,
-            "joined_at": self.joined_at.isoformat(),
-            "left_at": self.left_at.isoformat() if self.left_at else None,
-            "metadata": self.metadata,
-        }
-
-
-@dataclass(frozen=True, kw_only=True)
-class HistoryMessage:
-    """One message of a session's conversation, with its turn's figures."""
-
-    role: Literal["user", "assistant"]
-    text: str
-    at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "role": self.role,
-            "text": self.text,
-            "at": self.at.isoformat(),
-            "metrics": dict(self.metrics),
-        }
+__all__ = ["MAX_PARTICIPANT_METADATA", "Conversation"]

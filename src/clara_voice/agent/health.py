@@ -14,7 +14,8 @@ since the previous round. An unhealthy agent sets ``clara_agent_unhealthy``, whi
 worker process reads to answer 503 on its health endpoint.
 
 A round that fails is logged and counted (error source ``health``) and the next one runs.
-The monitor sees the agent through :class:`AgentView`, so it does not import the agent.
+The monitor is given the sessions (a :class:`SessionSource`, whose events keep the session
+gauges current between rounds), the agent's metrics and two calls; it never holds the agent.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from livekit.agents.utils import aio
 
@@ -54,22 +55,18 @@ class SessionView(Protocol):
     def connection_state(self) -> str: ...
 
 
-class AgentView(Protocol):
-    """What the monitor reads of its agent (``ClaraVoiceAgent`` provides it)."""
+class SessionSource(Protocol):
+    """The sessions the monitor watches, and their events (``SessionRegistry`` is one)."""
 
     @property
     def sessions(self) -> Mapping[str, SessionView]: ...
 
-    @property
-    def metrics(self) -> PerformanceMetrics: ...
+    def on(self, event: Any, callback: Callable[..., Any]) -> Any: ...
 
-    def outbox_pending(self) -> int | None:
-        """Undelivered outbox records, or ``None`` when the agent has no outbox."""
-        ...
+    def off(self, event: Any, callback: Callable[..., Any]) -> None: ...
 
-    def count_error(self, source: ErrorSource) -> None:
-        """Count one error (``PerformanceMetrics.error_count`` and ``clara_errors_total``)."""
-        ...
+
+_SESSION_EVENTS = ("session_created", "connection_state_changed", "session_closed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,9 +101,19 @@ class HealthMonitor(AsyncService):
     """Runs the health check of one agent until :meth:`aclose`."""
 
     def __init__(
-        self, view: AgentView, settings: Settings, *, log: ContextLogger | None = None
+        self,
+        sessions: SessionSource,
+        metrics: PerformanceMetrics,
+        settings: Settings,
+        *,
+        outbox_pending: Callable[[], int | None] = lambda: None,
+        count_error: Callable[[ErrorSource], None] = lambda source: None,
+        log: ContextLogger | None = None,
     ) -> None:
-        self._view = view
+        self._sessions = sessions
+        self._metrics = metrics
+        self._outbox_pending = outbox_pending
+        self._count_error = count_error
         self._interval = settings.health_check_interval
         self._stuck_after = settings.stuck_session_threshold
         self._max_lag = settings.unhealthy_loop_lag
@@ -133,6 +140,8 @@ class HealthMonitor(AsyncService):
         if self._started or self._closed:
             return
         self._started = True
+        for event in _SESSION_EVENTS:
+            self._sessions.on(event, self._on_sessions_changed)
         self.sessions_changed()
         self._lag_atask = asyncio.create_task(self._measure_lag(), name="clara.health.loop_lag")
         self._round_atask = asyncio.create_task(self._run(), name="clara.health.rounds")
@@ -142,25 +151,30 @@ class HealthMonitor(AsyncService):
         if self._closed:
             return
         self._closed = True
+        if self._started:
+            for event in _SESSION_EVENTS:
+                self._sessions.off(event, self._on_sessions_changed)
         tasks = [t for t in (self._round_atask, self._lag_atask) if t is not None]
         await aio.cancel_and_wait(*tasks)
         self._round_atask = self._lag_atask = None
         self._gauges.clear()
 
     def sessions_changed(self) -> None:
-        """Export the session gauges now (the agent added, removed or moved a session)
-        instead of at the next round; does nothing unless the monitor is running."""
+        """Export the session gauges now (a session was added, moved or removed) instead of
+        at the next round; does nothing unless the monitor is running."""
         if self.running:
             self._gauges.set_session_states(self._session_states())
 
+    def _on_sessions_changed(self, *_: Any) -> None:
+        self.sessions_changed()
+
     def check(self) -> HealthReport:
         """One round: warn, measure, decide, export, log. Raises what a failing read raises."""
-        view = self._view
-        metrics = view.metrics
+        metrics = self._metrics
         stuck = self._stuck_sessions()
         metrics.memory_usage = telemetry.process_memory_mb()
         lag, self._worst_lag = self._worst_lag, 0.0
-        pending = view.outbox_pending()
+        pending = self._outbox_pending()
         reasons: list[str] = []
         if lag > self._max_lag:
             reasons.append(f"event loop lag {lag * 1000:.0f} ms > {self._max_lag * 1000:.0f} ms")
@@ -168,7 +182,7 @@ class HealthMonitor(AsyncService):
             reasons.append(f"outbox pending {pending} > {self._max_pending}")
         report = HealthReport(
             at=datetime.now(UTC),
-            sessions=len(view.sessions),
+            sessions=len(self._sessions.sessions),
             errors=metrics.error_count,
             reconnections=metrics.reconnection_count,
             memory_mb=metrics.memory_usage,
@@ -196,7 +210,7 @@ class HealthMonitor(AsyncService):
             except Exception as exc:
                 self._log.error("health check failed", exc_info=exc)
                 try:
-                    self._view.count_error("health")
+                    self._count_error("health")
                 except Exception as count_exc:
                     self._log.error("could not count the failed health check", exc_info=count_exc)
 
@@ -215,7 +229,7 @@ class HealthMonitor(AsyncService):
     def _stuck_sessions(self) -> tuple[str, ...]:
         minutes = f"{self._stuck_after / 60:g}"
         stuck = []
-        for session_id, session in list(self._view.sessions.items()):
+        for session_id, session in list(self._sessions.sessions.items()):
             age = session.age_seconds
             if age > self._stuck_after:
                 stuck.append(session_id)
@@ -230,7 +244,7 @@ class HealthMonitor(AsyncService):
         return tuple(stuck)
 
     def _session_states(self) -> Counter[str]:
-        return Counter(s.connection_state for s in list(self._view.sessions.values()))
+        return Counter(s.connection_state for s in list(self._sessions.sessions.values()))
 
     def _export(self, report: HealthReport) -> None:
         self._gauges.set_session_states(self._session_states())
@@ -260,4 +274,4 @@ class HealthMonitor(AsyncService):
         self._log.log(level, report.summary, extra=extra)
 
 
-__all__ = ["AgentView", "HealthMonitor", "HealthReport", "SessionView"]
+__all__ = ["HealthMonitor", "HealthReport", "SessionSource", "SessionView"]

@@ -1,7 +1,7 @@
 """PerformanceMetrics (seed 002): the figures a ClaraVoiceAgent keeps about itself.
 
 Latencies come from livekit's own per-turn metrics (``ChatMessage.metrics``), gathered
-by the pipeline into :class:`~clara_voice.sessions.TurnMetrics`; this module only keeps
+by the pipeline into :class:`~clara_voice.voice.messages.TurnMetrics`; this module only keeps
 their recent averages next to the error and reconnection counts.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from clara_voice.agent.session import TurnMetrics
+from clara_voice.voice.messages import TurnMetrics
 
 LATENCY_WINDOW = 20
 """Turns the latency averages cover."""

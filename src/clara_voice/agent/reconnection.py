@@ -1,6 +1,8 @@
 """Reconnection, server side (seed 001): riding out network trouble.
 
-Owned by ClaraVoiceAgent. It watches three things:
+Owned by ClaraVoiceAgent, which gives it the session registry (where the sessions and
+their states live), the agent's metrics, and one call back: ending a session. It watches
+three things:
 
 - a participant's connection quality: POOR or LOST moves its session to ``reconnecting``
   (one attempt counted per move); GOOD or EXCELLENT moves it back to ``connected``. Quality
@@ -21,17 +23,19 @@ that runs out, ends the session with a full cleanup (its summary persisted).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from livekit import rtc
 
 from clara_voice import telemetry
+from clara_voice.agent.metrics import PerformanceMetrics
+from clara_voice.agent.registry import SessionRegistry
+from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import Settings
 from clara_voice.logging import ContextLogger
 
-if TYPE_CHECKING:
-    from clara_voice.agent.agent import ClaraVoiceAgent
-    from clara_voice.agent.session import ParticipantSession
+EndSession = Callable[..., None]
+"""``end_session(session_id, reason=...)``: clean a session up soon (the agent's)."""
 
 # disconnects that are someone's decision, not the network's: the session ends at once
 DELIBERATE = frozenset(
@@ -55,11 +59,22 @@ def is_deliberate(participant: rtc.Participant) -> bool:
 
 
 class Reconnection:
-    """Grace timers, quality watch and the agent's own link, for one ClaraVoiceAgent."""
+    """Grace timers, quality watch and the agent's own link, for one room job."""
 
-    def __init__(self, agent: ClaraVoiceAgent, settings: Settings, log: ContextLogger) -> None:
-        self._agent = agent
-        self._room = agent.room
+    def __init__(
+        self,
+        room: rtc.Room,
+        registry: SessionRegistry,
+        metrics: PerformanceMetrics,
+        settings: Settings,
+        log: ContextLogger,
+        *,
+        end_session: EndSession,
+    ) -> None:
+        self._room = room
+        self._registry = registry
+        self._metrics = metrics
+        self._end_session = end_session
         self._settings = settings
         self._log = log
         self._grace: dict[str, asyncio.TimerHandle] = {}
@@ -85,15 +100,18 @@ class Reconnection:
             timer.cancel()
         self._grace.clear()
 
+    def holds(self, session: ParticipantSession) -> bool:
+        """Whether ``session`` is waiting for its participant to come back."""
+        return session.session_id in self._grace
+
     @property
-    def held(self) -> frozenset[str]:
-        """Session ids waiting for their participant to come back."""
-        return frozenset(self._grace)
+    def waiting(self) -> int:
+        """Sessions waiting for their participant (each has a grace timer running)."""
+        return len(self._grace)
 
     def hold(self, session: ParticipantSession, reason: str) -> None:
         """Keep a dropped participant's session for the grace period."""
-        agent = self._agent
-        agent.transition(session, "reconnecting", reason=f"participant dropped ({reason})")
+        self._registry.transition(session, "reconnecting", reason=f"participant dropped ({reason})")
         self._count_attempt(session)
         if self._exhausted(session):
             return
@@ -109,7 +127,7 @@ class Reconnection:
         if (timer := self._grace.pop(session.session_id, None)) is not None:
             timer.cancel()
         session.participant_sid = participant.sid
-        self._agent.transition(session, "connected", reason="participant came back")
+        self._registry.transition(session, "connected", reason="participant came back")
         session.reconnection_attempts = 0
 
     def forget(self, session_id: str) -> None:
@@ -120,34 +138,34 @@ class Reconnection:
     # -- room events --------------------------------------------------------------------------
 
     def _on_quality(self, participant: rtc.Participant, quality: rtc.ConnectionQuality) -> None:
-        session = self._agent.session_of(participant.identity)
+        session = self._registry.of(participant.identity)
         if session is None or session.session_id in self._grace:
             return
         if quality in BAD_QUALITY and session.connection_state == "connected":
             name = rtc.ConnectionQuality(quality).name.removeprefix("QUALITY_").lower()
-            self._agent.transition(session, "reconnecting", reason=f"connection quality {name}")
+            self._registry.transition(session, "reconnecting", reason=f"connection quality {name}")
             self._count_attempt(session)
         elif (
             quality in GOOD_QUALITY
             and session.connection_state == "reconnecting"
             and not self._room_down
         ):
-            self._agent.transition(session, "connected", reason="connection quality recovered")
+            self._registry.transition(session, "connected", reason="connection quality recovered")
             session.reconnection_attempts = 0
 
     def _on_room_reconnecting(self) -> None:
         self._room_down = True
-        for session in list(self._agent.sessions.values()):
+        for session in list(self._registry.sessions.values()):
             if session.connection_state == "connected":
-                self._agent.transition(
+                self._registry.transition(
                     session, "reconnecting", reason="agent's room connection lost"
                 )
 
     def _on_room_reconnected(self) -> None:
         self._room_down = False
-        for session in list(self._agent.sessions.values()):
+        for session in list(self._registry.sessions.values()):
             if session.connection_state == "reconnecting" and session.session_id not in self._grace:
-                self._agent.transition(
+                self._registry.transition(
                     session, "connected", reason="agent's room connection recovered"
                 )
 
@@ -158,14 +176,14 @@ class Reconnection:
             "agent disconnected from the room, ending every session",
             extra={"reason": rtc.DisconnectReason.Name(reason).lower()},
         )
-        for session_id in list(self._agent.sessions):
-            self._agent.end_session_soon(session_id, reason="agent disconnected from the room")
+        for session_id in list(self._registry.sessions):
+            self._end_session(session_id, reason="agent disconnected from the room")
 
     # -- limits -------------------------------------------------------------------------------
 
     def _count_attempt(self, session: ParticipantSession) -> None:
         session.reconnection_attempts += 1
-        self._agent.metrics.reconnection_count += 1
+        self._metrics.reconnection_count += 1
         telemetry.count_reconnection()
 
     def _exhausted(self, session: ParticipantSession) -> bool:
@@ -176,12 +194,12 @@ class Reconnection:
             "reconnection attempts exhausted, ending the session",
             extra={"attempts": session.reconnection_attempts, "limit": limit},
         )
-        self._agent.end_session_soon(session.session_id, reason="reconnection attempts exhausted")
+        self._end_session(session.session_id, reason="reconnection attempts exhausted")
         return True
 
     def _expire(self, session_id: str) -> None:
         self._grace.pop(session_id, None)
-        session = self._agent.sessions.get(session_id)
+        session = self._registry.sessions.get(session_id)
         if session is not None:
             session.log.info("grace period over, the participant did not come back")
-        self._agent.end_session_soon(session_id, reason="grace period expired")
+        self._end_session(session_id, reason="grace period expired")

@@ -20,8 +20,9 @@ from clara_voice.persistence.base import Backend, OutboxRecord, RecordKind, Stor
 from clara_voice.persistence.outbox import Outbox
 
 if TYPE_CHECKING:
-    from clara_voice.agent.conversation import HistoryMessage, ParticipantState, RoomContext
+    from clara_voice.agent.context import ParticipantState, RoomContext
     from clara_voice.agent.session import ParticipantSession
+    from clara_voice.voice.messages import HistoryMessage
 
 START_TIMEOUT = 5.0
 """Bound on each read at job start (agent joined, recent messages)."""

@@ -17,17 +17,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
 
-from clara_voice.config import SessionType
 from clara_voice.logging import ContextLogger
-
-if TYPE_CHECKING:
-    from clara_voice.agent.conversation import HistoryMessage
-    from clara_voice.persistence import StoredMessage
-    from clara_voice.voice.pipeline import VoicePipeline
-
-ConnectionState = Literal["connecting", "connected", "reconnecting", "error", "closed"]
+from clara_voice.states import ConnectionState, SessionType
+from clara_voice.voice.messages import HistoryMessage, TurnMetrics
+from clara_voice.voice.seams import VoicePipeline
 
 _ALLOWED: dict[ConnectionState, frozenset[ConnectionState]] = {
     "connecting": frozenset({"connected", "error", "closed"}),
@@ -46,31 +40,6 @@ def check_transition(current: ConnectionState, new: ConnectionState) -> None:
     """Raise :class:`IllegalTransition` unless ``current → new`` is a legal move."""
     if new not in _ALLOWED[current]:
         raise IllegalTransition(f"connection_state cannot move from {current!r} to {new!r}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TurnMetrics:
-    """One completed turn, with latencies (seconds) from livekit's own per-turn metrics."""
-
-    at: datetime
-    user_text: str
-    reply_text: str
-    end_of_turn_delay: float | None = None
-    """End of the user's speech → the decision that the turn ended."""
-    transcription_delay: float | None = None
-    """End of the user's speech → the final transcript."""
-    llm_ttft: float | None = None
-    """LLM time to first token."""
-    tts_ttfb: float | None = None
-    """TTS time to first byte of audio."""
-    e2e_latency: float | None = None
-    """End of the user's speech → the first audio (or text) of the reply."""
-
-    @property
-    def processing_time(self) -> float | None:
-        """Time spent producing the reply once the turn ended (LLM TTFT + TTS TTFB)."""
-        parts = [v for v in (self.llm_ttft, self.tts_ttfb) if v is not None]
-        return sum(parts) if parts else None
 
 
 _sequence = itertools.count(1)
@@ -99,7 +68,7 @@ class ParticipantSession:
     """The most recent completed turns (newest last)."""
     history: list[HistoryMessage] = field(default_factory=list, repr=False)
     """Every user and assistant message of this session, in order."""
-    earlier_messages: list[StoredMessage] = field(default_factory=list, repr=False)
+    earlier_messages: list[HistoryMessage] = field(default_factory=list, repr=False)
     """Messages of earlier sessions of the conversation, given to the LLM as context."""
 
     log: ContextLogger = field(repr=False)

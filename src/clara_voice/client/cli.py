@@ -30,8 +30,9 @@ from clara_voice.client.client import (
     VoiceClient,
     mint_token,
 )
-from clara_voice.config import SessionType, Settings, SettingsError, load_settings
+from clara_voice.config import Settings, SettingsError, load_settings
 from clara_voice.logging import configure_logging
+from clara_voice.states import SessionType
 
 _LIVEKIT_FIELDS = ("livekit_url", "livekit_api_key", "livekit_api_secret")
 

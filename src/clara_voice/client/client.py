@@ -44,9 +44,10 @@ from clara_voice.client.connection import (
     Connection,
     RoomLike,
 )
-from clara_voice.config import SessionType
 from clara_voice.logging import get_logger
-from clara_voice.voice.turns import RPC_END_TURN, RPC_START_TURN, SESSION_TYPE_ATTRIBUTE
+from clara_voice.states import SessionType
+from clara_voice.voice.routing import RPC_END_TURN, RPC_START_TURN
+from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_REPLY = 0, 1, 2, 3
 
@@ -317,4 +318,3 @@ __all__ = [
     "mint_token",
     "voice_to_voice_latency",
 ]
-

@@ -31,12 +31,11 @@ import contextlib
 import functools
 import json
 import math
-import random
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,11 +44,11 @@ from livekit.agents.utils import aio
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
 from clara_voice.persistence._outbox_files import SCHEMA_VERSION as SCHEMA_VERSION
-from clara_voice.persistence._outbox_files import _Adoption, _describe, _File, _Row, _Store
+from clara_voice.persistence._outbox_files import _Adoption, _Row, _Store
+from clara_voice.persistence._outbox_writer import OutboxStats, OutboxWriter
 from clara_voice.persistence.base import (
     RECORD_KINDS,
     Backend,
-    BackendError,
     OutboxError,
     OutboxRecord,
 )
@@ -62,21 +61,6 @@ THREAD_NAME = "clara-outbox"
 _COMMIT_BATCH = 500  # most puts committed in one transaction
 
 T = TypeVar("T")
-
-
-@dataclass(kw_only=True)
-class OutboxStats:
-    """Counters of one outbox instance (a snapshot when read from :attr:`Outbox.stats`)."""
-
-    pending: int = 0
-    """Acknowledged records not yet delivered (own and adopted files)."""
-    delivered: int = 0
-    dead_lettered: int = 0
-    retries: int = 0
-    """Failed delivery attempts that were tried again."""
-    adopted_files: int = 0
-    backend_up: bool = True
-    last_error: str | None = None
 
 
 class Outbox(AsyncService):
@@ -128,14 +112,22 @@ class Outbox(AsyncService):
         self._commit_job: asyncio.Future[int] | None = None
         self._commits_idle = asyncio.Event()
         self._commits_idle.set()
-        self._wake = asyncio.Event()  # new records, an adoption, or closing
-        self._retry_now = asyncio.Event()  # cuts one backoff pause short (closing)
         self._drained = asyncio.Event()
         self._drained.set()
         self._closed_ev = asyncio.Event()
-        self._delivered: list[tuple[_File, int, str]] = []  # to delete at the next round trip
-        self._down_since: float | None = None
-        self._outage_retries = 0
+        self._writer = OutboxWriter(
+            run=self._run,
+            store=self._store,
+            backend=backend,
+            stats=self._stats,
+            log=self._log,
+            retry_base=self._retry_base,
+            retry_max=self._retry_max,
+            deliver_timeout=deliver_timeout,
+            sweep_interval=sweep_interval,
+            on_empty=self._update_drained,
+            on_adopted=self._adopted,
+        )
         self._started = False
         self._closing = False
         self._closed = False
@@ -183,7 +175,7 @@ class Outbox(AsyncService):
         if self._closing:  # aclose() ran meanwhile; its close job came after the open
             return
         self._adopted(adoptions)
-        self._writer_atask = asyncio.create_task(self._run_writer(), name="clara-outbox-writer")
+        self._writer_atask = asyncio.create_task(self._writer.run(), name="clara-outbox-writer")
         self._log.info(
             "outbox started",
             extra={
@@ -255,8 +247,7 @@ class Outbox(AsyncService):
         try:
             # acknowledgements callers wait for; the file cannot be closed under them anyway
             await self._commits_idle.wait()
-            self._wake.set()
-            self._retry_now.set()
+            self._writer.finish()
             if writer is not None:
                 await asyncio.wait({writer}, timeout=self._flush_timeout)
         finally:
@@ -264,7 +255,7 @@ class Outbox(AsyncService):
                 await aio.cancel_and_wait(writer)  # returns at once when it has finished
                 if not writer.cancelled() and (exc := writer.exception()) is not None:
                     failures.append(exc)
-            delivered, self._delivered = self._delivered, []
+            delivered = self._writer.take_delivered()
             try:
                 # queued after every job of the writer's, so it sees what they wrote
                 self._stats.pending = await self._run(
@@ -334,7 +325,7 @@ class Outbox(AsyncService):
             self._schedule_commit()
         else:
             self._commits_idle.set()
-        self._wake.set()  # new records; or none (duplicates), and the writer says it is drained
+        self._writer.wake()  # new records; or none (duplicates), and the writer says it is drained
 
     def _update_drained(self) -> None:
         # called by the writer when every file is empty
@@ -345,7 +336,7 @@ class Outbox(AsyncService):
         total = 0
         if any(a.error is None for a in adoptions):
             self._drained.clear()
-            self._wake.set()  # the writer delivers and deletes it (even an empty one)
+            self._writer.wake()  # the writer delivers and deletes it (even an empty one)
         for adoption in adoptions:
             if adoption.error is not None:
                 self._log.error(
@@ -365,140 +356,6 @@ class Outbox(AsyncService):
             )
         self._stats.pending += total
         return total
-
-    # -- the writer ------------------------------------------------------------------------
-
-    async def _run_writer(self) -> None:
-        failed_rounds = 0
-        while True:
-            try:
-                found = await self._deliver_page()
-                failed_rounds = 0
-                if not found:
-                    if self._closing:
-                        return
-                    await self._wait_for_work()
-            except Exception as exc:
-                # one failing round (the local file, most likely) is logged; the loop goes on
-                failed_rounds += 1
-                self._log.error("outbox writer round failed", exc_info=exc)
-                if self._closing:
-                    return
-                await self._pause(self._backoff(failed_rounds))
-
-    async def _deliver_page(self) -> bool:
-        self._wake.clear()  # before reading, so a commit landing after the read wakes us
-        delivered, self._delivered = self._delivered, []
-        try:
-            page = await self._run(functools.partial(self._store.next_page, delivered))
-        except BaseException:
-            self._delivered[:0] = delivered  # deleting twice is harmless: seqs are never reused
-            raise
-        for name in page.retired:
-            self._log.info("adopted outbox file delivered and deleted", extra={"file": name})
-        if page.file is None:
-            self._update_drained()
-            return False
-        for seq, record in page.rows:
-            await self._deliver(page.file, seq, record)
-        return True
-
-    async def _deliver(self, file: _File, seq: int, record: OutboxRecord) -> None:
-        attempt = 0
-        while True:
-            try:
-                async with asyncio.timeout(self._deliver_timeout):
-                    await self._backend.deliver(record)
-            except BackendError as exc:
-                if not exc.retryable:
-                    self._backend_answered()
-                    await self._dead_letter(file, seq, record, exc)
-                    return
-                error: Exception = exc
-            except Exception as exc:
-                # timeouts, connection errors, a backend's own bug: keep the record, try again
-                error = exc
-            else:
-                self._backend_answered()
-                self._delivered.append((file, seq, record.key))
-                self._stats.delivered += 1
-                self._stats.pending -= 1
-                return
-            attempt += 1
-            delay = self._backoff(attempt)
-            self._stats.retries += 1
-            self._stats.last_error = _describe(error)
-            if self._down_since is None:
-                self._down_since = asyncio.get_running_loop().time()
-                self._outage_retries = 0
-                self._stats.backend_up = False
-                self._log.warning(
-                    "backend down, records kept in the outbox",
-                    extra={"key": record.key, "error": self._stats.last_error, "retry_in": delay},
-                )
-            self._outage_retries += 1
-            if self._delivered:  # so a process killed during the outage re-delivers less
-                await self._forget_delivered()
-            await self._pause(delay)
-
-    async def _forget_delivered(self) -> None:
-        delivered, self._delivered = self._delivered, []
-        try:
-            await self._run(functools.partial(self._store.forget, delivered))
-        except BaseException:
-            self._delivered[:0] = delivered
-            raise
-
-    async def _dead_letter(
-        self, file: _File, seq: int, record: OutboxRecord, exc: BackendError
-    ) -> None:
-        error = _describe(exc)
-        await self._run(functools.partial(self._store.dead_letter, file, seq, record.key, error))
-        self._stats.dead_lettered += 1
-        self._stats.pending -= 1
-        self._stats.last_error = error
-        self._log.warning(
-            "record refused by the backend, moved to the dead letters",
-            extra={"key": record.key, "kind": record.kind, "error": error},
-        )
-
-    def _backend_answered(self) -> None:
-        if self._down_since is None:
-            return
-        down_for = asyncio.get_running_loop().time() - self._down_since
-        self._down_since = None
-        self._stats.backend_up = True
-        self._log.info(
-            "backend recovered, delivering the outbox",
-            extra={
-                "down_s": round(down_for, 3),
-                "retries": self._outage_retries,
-                "pending": self._stats.pending,
-            },
-        )
-
-    def _backoff(self, attempt: int) -> float:
-        # capped exponential backoff with "equal jitter": somewhere in [cap/2, cap]
-        cap = min(self._retry_max, self._retry_base * 2 ** min(attempt - 1, 32))
-        return random.uniform(cap / 2, cap)
-
-    async def _pause(self, delay: float) -> None:
-        try:
-            async with asyncio.timeout(delay):
-                await self._retry_now.wait()
-        except TimeoutError:
-            return
-        self._retry_now.clear()  # one early retry per signal, then the backoff again
-
-    async def _wait_for_work(self) -> None:
-        if self._sweep_interval is None:
-            await self._wake.wait()
-            return
-        try:
-            async with asyncio.timeout(self._sweep_interval):
-                await self._wake.wait()
-        except TimeoutError:
-            self._adopted(await self._run(self._store.sweep))
 
 
 def _encode(record: OutboxRecord) -> _Row:

@@ -42,20 +42,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
-import math
 import os
 import sqlite3
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
+from clara_voice.persistence._sqlite_records import Insert, now, prepare
 from clara_voice.persistence._sqlite_tx import transaction
 from clara_voice.persistence.base import BackendError, OutboxRecord, StoredMessage
 
@@ -159,7 +156,7 @@ class SQLiteBackend(AsyncService):
         if not isinstance(room, str) or not isinstance(conversation_id, str):
             raise BackendError("room and conversation_id must be strings", retryable=False)
         conversation = conversation_id or uuid.uuid4().hex
-        await self._call(functools.partial(self._db_touch, conversation, room, _now()))
+        await self._call(functools.partial(self._db_touch, conversation, room, now()))
         return conversation
 
     async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
@@ -170,7 +167,7 @@ class SQLiteBackend(AsyncService):
 
     async def deliver(self, record: OutboxRecord) -> None:
         """Store one record; a key already stored is success. Malformed: not retryable."""
-        insert = _prepare(record)
+        insert = prepare(record)
         await self._call(functools.partial(self._db_insert, insert))
 
     async def aclose(self) -> None:
@@ -227,7 +224,7 @@ class SQLiteBackend(AsyncService):
         with transaction(self._db()):
             _touch(self._db(), conversation_id, room, at)
 
-    def _db_insert(self, insert: _Insert) -> None:
+    def _db_insert(self, insert: Insert) -> None:
         conn = self._db()
         with transaction(conn):
             _touch(conn, insert.conversation_id, insert.room, insert.at)
@@ -297,162 +294,6 @@ def _touch(conn: sqlite3.Connection, conversation_id: str, room: str, at: str) -
         " SET updated_at = max(coalesce(updated_at, ''), excluded.updated_at)",
         (conversation_id, room, at, at),
     )
-
-
-# -- records to rows (on the loop: pure validation, no I/O) --------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Insert:
-    sql: str
-    values: tuple[Any, ...]
-    conversation_id: str
-    room: str
-    at: str  # the conversation's last activity
-
-
-def _prepare(record: OutboxRecord) -> _Insert:
-    payload = record.payload
-    if not isinstance(payload, dict):
-        raise _malformed(record, "the payload is not a JSON object")
-    field = _Fields(record)
-    conversation_id, room = field.text("conversation_id"), field.text("room")
-    if record.kind == "turn":
-        at = field.time("at")
-        role = field.text("role")
-        if role not in ("user", "assistant"):
-            raise _malformed(record, f"role must be 'user' or 'assistant', got {role!r}")
-        return _Insert(
-            "INSERT INTO messages (record_key, conversation_id, room, session_id, participant,"
-            " seq, role, text, at, metrics) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (record_key) DO NOTHING",
-            (
-                record.key,
-                conversation_id,
-                room,
-                field.text("session_id"),
-                field.text("participant"),
-                field.integer("seq"),
-                role,
-                field.text("text", empty=True),
-                at,
-                field.json("metrics", dict, default={}),
-            ),
-            conversation_id=conversation_id,
-            room=room,
-            at=at,
-        )
-    if record.kind == "participant":
-        at = field.time("at")
-        event = field.text("event")
-        if event not in ("connected", "disconnected"):
-            raise _malformed(record, f"event must be 'connected' or 'disconnected', got {event!r}")
-        return _Insert(
-            "INSERT INTO participant_events (record_key, conversation_id, room, participant,"
-            " event, at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (record_key) DO NOTHING",
-            (
-                record.key,
-                conversation_id,
-                room,
-                field.text("participant"),
-                event,
-                at,
-                field.json("metadata", object, default=None),
-            ),
-            conversation_id=conversation_id,
-            room=room,
-            at=at,
-        )
-    if record.kind == "session":
-        ended_at = field.time("ended_at")
-        return _Insert(
-            "INSERT INTO sessions (record_key, session_id, conversation_id, room, participant,"
-            " message_count, participants, messages, started_at, ended_at, duration_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_key) DO NOTHING",
-            (
-                record.key,
-                field.text("session_id"),
-                conversation_id,
-                room,
-                field.text("participant"),
-                field.integer("message_count"),
-                field.json("participants", list),
-                field.json("messages", list),
-                field.time("started_at"),
-                ended_at,
-                field.number("duration_s"),
-            ),
-            conversation_id=conversation_id,
-            room=room,
-            at=ended_at,
-        )
-    raise _malformed(record, f"unknown record kind {record.kind!r}")
-
-
-class _Fields:
-    """Typed reads of a record's payload; a bad field is a non-retryable BackendError."""
-
-    def __init__(self, record: OutboxRecord) -> None:
-        self._record = record
-        self._payload = record.payload
-
-    def _get(self, name: str) -> Any:
-        if name not in self._payload:
-            raise _malformed(self._record, f"{name} is missing")
-        return self._payload[name]
-
-    def text(self, name: str, *, empty: bool = False) -> str:
-        value = self._get(name)
-        if not isinstance(value, str) or (not empty and not value):
-            raise _malformed(self._record, f"{name} must be a non-empty string")
-        return value
-
-    def integer(self, name: str) -> int:
-        value = self._get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise _malformed(self._record, f"{name} must be a non-negative integer")
-        return value
-
-    def number(self, name: str) -> float:
-        value = self._get(name)
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
-            raise _malformed(self._record, f"{name} must be a number")
-        return float(value)
-
-    def time(self, name: str) -> str:
-        value = self.text(name)
-        try:
-            at = datetime.fromisoformat(value)
-        except ValueError:
-            raise _malformed(self._record, f"{name} is not an ISO 8601 time") from None
-        if at.tzinfo is None:
-            at = at.replace(tzinfo=UTC)
-        return at.astimezone(UTC).isoformat(timespec="microseconds")
-
-    def json(self, name: str, kind: type, *, default: Any = ...) -> str:
-        if name not in self._payload and default is not ...:
-            value = default
-        else:
-            value = self._get(name)
-            if not isinstance(value, kind):
-                raise _malformed(self._record, f"{name} must be a JSON {kind.__name__}")
-        try:
-            return json.dumps(value, ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise _malformed(self._record, f"{name} is not JSON: {exc}") from None
-
-
-def _malformed(record: OutboxRecord, problem: str) -> BackendError:
-    return BackendError(f"{record.kind} record {record.key!r}: {problem}", retryable=False)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 __all__ = [

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from clara_voice.agent.session import ConnectionState
-from clara_voice.config import SessionType
-from clara_voice.voice.turns import SESSION_TYPE_CONFIGS, SESSION_TYPES, TurnDetectionKind
+from clara_voice.states import SESSION_TYPES, ConnectionState, SessionType
+from clara_voice.voice.turns import SESSION_TYPE_CONFIGS, TurnDetectionKind
 
 PROTOCOL_VERSION: Final = 1
 SYNC_TOPIC: Final = "clara.sync"

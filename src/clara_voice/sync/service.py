@@ -1,134 +1,113 @@
 """Session synchronization (seed 003): the agent's view of each session, kept in step with
 the room and published to it.
 
-Owned by ClaraVoiceAgent. For every ParticipantSession it keeps a
-:class:`~clara_voice._sync_protocol.SessionConfig` (type, state, turn detection…) and:
+For every session of the room job, :class:`SessionSync` keeps a
+:class:`~clara_voice.sync.protocol.SessionConfig` (type, state, turn detection…) and:
 
-- follows the session's connection_state (the agent calls :meth:`SessionSync.state_changed`
-  from its one transition function): connecting → ``idle``, connected → ``active``,
-  reconnecting → ``syncing``, error → ``error``, closed → ``ending``;
-- applies change requests of the session's type from its owner, through the
-  ``clara.session_type`` attribute or the ``clara.set_session_type`` RPC, rate-limited per
-  participant, by calling the session's ``pipeline.set_session_type``. The owned
-  :class:`~clara_voice._sync_requests.ChangeRequests` admits, checks and applies them on
-  the records kept here; SessionSync registers its handlers and publishes the outcome;
+- follows the sessions' events (``session_created``, ``connection_state_changed``): the
+  config's state derives from the session's connection state (connecting → ``idle``,
+  connected → ``active``, reconnecting → ``syncing``, error → ``error``, closed →
+  ``ending``), each change published as an event;
+- applies change requests of a session's type from its owner, through the
+  ``clara.session_type`` attribute or the ``clara.set_session_type`` RPC (admitted and
+  parsed by :class:`~clara_voice.sync.requests.ChangeRequests`), by asking the sessions to
+  switch it;
 - validates every session against the room every ``CLARA_SYNC_INTERVAL`` seconds and on
-  room events, correcting what drifted and flagging a voice session without a microphone;
+  room events (:mod:`clara_voice.sync.validation`), correcting what drifted and flagging a
+  voice session without a microphone;
 - publishes each config as the agent attribute ``clara.session.<identity>`` and each change
-  as an event on the ``clara.sync`` data topic, from one owned task so that room handlers
-  stay synchronous. While the agent's own link is down, publishing waits.
+  as an event on the ``clara.sync`` data topic to its owner only
+  (:class:`~clara_voice.sync.publisher.SyncPublisher`); while the agent's own link is down,
+  publishing waits.
 
-The wire format is in :mod:`clara_voice._sync_protocol` and the README's "Client protocol" section.
+It sees the sessions through :class:`~clara_voice.sync.seams.SyncSessions` and never holds
+the agent. The wire format is in :mod:`clara_voice.sync.protocol` and docs/client-protocol.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from functools import partial
+from typing import Any
 
 from livekit import rtc
 from livekit.agents.utils import aio
 
-from clara_voice.agent.session import ConnectionState, ParticipantSession
-from clara_voice.config import SessionType, Settings
+from clara_voice._lifecycle import AsyncService
+from clara_voice.config import Settings
 from clara_voice.logging import ContextLogger
+from clara_voice.states import ConnectionState, SessionType
 from clara_voice.sync.protocol import (
-    MAX_ATTRIBUTES_BYTES,
     RPC_SET_SESSION_TYPE,
-    SESSION_ATTRIBUTE_PREFIX,
     STATE_OF,
-    SYNC_TOPIC,
     Microphone,
+    RequestError,
     SessionConfig,
     SyncEventType,
-    encode,
-    sync_event,
 )
+from clara_voice.sync.publisher import SyncPublisher
 from clara_voice.sync.requests import ChangeRequests
+from clara_voice.sync.seams import SyncedSession, SyncSessions
+from clara_voice.sync.validation import RoomLink, SessionRecord, check, microphone_of, room_state
 from clara_voice.telemetry import ErrorSource
-from clara_voice.voice.turns import expected_effective
 
-DEFAULT_SYNC_INTERVAL = 5.0
-MAX_QUEUED_EVENTS = 256
 FLUSH_TIMEOUT = 2.0
 """Seconds ``aclose`` waits for queued events to be published."""
-# audio input is live state (a push-to-talk session hears only during a turn): not compared
-_COMPARED = ("session_type", "turn_detection", "voice_activity_enabled", "audio_output_enabled")
-RoomLink = Literal["connected", "reconnecting", "disconnected"]
+_TRACK_EVENTS: tuple[rtc.room.EventTypes, ...] = (
+    "track_published",
+    "track_unpublished",
+    "track_muted",
+    "track_unmuted",
+)
 
 
-class SyncHost(Protocol):
-    """What SessionSync needs of its agent (ClaraVoiceAgent provides it)."""
-
-    @property
-    def room(self) -> rtc.Room: ...
-
-    @property
-    def sessions(self) -> dict[str, ParticipantSession]: ...
-
-    def session_of(self, identity: str) -> ParticipantSession | None: ...
-
-    def count_error(self, source: ErrorSource) -> None: ...
-
-
-@dataclass(eq=False)
-class _Record:
-    config: SessionConfig
-    flags: frozenset[str] = frozenset()
-    pending_type: SessionType | None = None
-
-
-class SessionSync:
-    """Keeps, validates and publishes a SessionConfig per session of one agent."""
+class SessionSync(AsyncService):
+    """Keeps, validates and publishes a SessionConfig per session of one room job."""
 
     def __init__(
         self,
-        host: SyncHost,
+        room: rtc.Room,
+        sessions: SyncSessions,
         settings: Settings,
         *,
         log: ContextLogger,
+        count_error: Callable[[ErrorSource], None] = lambda source: None,
         interval: float | None = None,
         attribute_interval: float = 0.5,
         rate_capacity: float = 5.0,
         rate_per_second: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._host = host
-        self._room = host.room
+        self._room = room
+        self._sessions = sessions
         self._log = log
+        self._count_error = count_error
         self._interval = interval if interval is not None else settings.sync_interval
-        self._attribute_interval = attribute_interval
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, SessionRecord] = {}
         self._link: RoomLink = "connected"
-        self._link_up = asyncio.Event()
-        self._link_up.set()
-        self._wakeup = asyncio.Event()
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._events: deque[tuple[str, str]] = deque(maxlen=MAX_QUEUED_EVENTS)
-        self._dirty: dict[str, str] = {}
-        self._attribute_sizes: dict[str, int] = {}
-        self._last_attribute_write = -float("inf")
-        self._publish_atask: asyncio.Task[None] | None = None
         self._validate_atask: asyncio.Task[None] | None = None
+        self._handlers: dict[rtc.room.EventTypes, Callable[..., None]] = {}
         self._started = False
         self._closed = False
         self.rejected: Counter[str] = Counter()
         """Change requests refused or ignored, by reason (client mistakes, not agent errors)."""
         self.corrections = 0
-        self.events_sent: Counter[str] = Counter()
+        self._publisher = SyncPublisher(
+            room,
+            log=log,
+            count_error=count_error,
+            rejected=self.rejected,
+            attribute_interval=attribute_interval,
+        )
         self._requests = ChangeRequests(
-            host=host,
+            sessions,
+            self,
             log=log,
             rejected=self.rejected,
-            record=self._record,
-            record_of=self._records.get,
-            type_changed=self._type_changed,
             rate_capacity=rate_capacity,
             rate_per_second=rate_per_second,
             clock=clock,
@@ -137,20 +116,24 @@ class SessionSync:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Follow the room, answer the RPC, start validating and publishing; idempotent."""
+        """Follow the sessions and the room, answer the RPC, start validating and
+        publishing; idempotent."""
         if self._started or self._closed:
             return
         self._started = True
-        room = self._room
-        for event, handler in self._handlers().items():
-            room.on(event, handler)
-        room.local_participant.register_rpc_method(RPC_SET_SESSION_TYPE, self._requests.on_rpc)
-        self._publish_atask = asyncio.create_task(self._publish_loop(), name="clara.sync.publish")
+        for event, handler in self._session_handlers().items():
+            self._sessions.on(event, handler)
+        for room_event, room_handler in self._room_handlers().items():
+            self._room.on(room_event, room_handler)
+        self._room.local_participant.register_rpc_method(
+            RPC_SET_SESSION_TYPE, self._requests.on_rpc
+        )
+        self._publisher.start()
         self._validate_atask = asyncio.create_task(
             self._validate_loop(), name="clara.sync.validate"
         )
-        for session in list(self._host.sessions.values()):
-            self.session_created(session)
+        for session in list(self._sessions.sessions.values()):
+            self._record(session)
 
     async def aclose(self) -> None:
         """Undo :meth:`start`: handlers, RPC method, tasks; safe to call twice.
@@ -163,69 +146,67 @@ class SessionSync:
             return
         self._closed = True
         if self._started:
-            for event, handler in self._handlers().items():
-                self._room.off(event, handler)
+            for event, handler in self._session_handlers().items():
+                self._sessions.off(event, handler)
+            for room_event, room_handler in self._room_handlers().items():
+                self._room.off(room_event, room_handler)
             self._room.local_participant.unregister_rpc_method(RPC_SET_SESSION_TYPE)
             if self._link == "connected" and self._room.isconnected():
                 try:
-                    await asyncio.wait_for(self.drain(), FLUSH_TIMEOUT)
+                    await asyncio.wait_for(self._publisher.drain(), FLUSH_TIMEOUT)
                 except TimeoutError:
                     self._log.warning(
                         "sync events not all published before closing",
-                        extra={"queued": len(self._events)},
+                        extra={"queued": self._publisher.queued},
                     )
-        tasks = [t for t in (self._validate_atask, self._publish_atask) if t is not None]
-        await aio.cancel_and_wait(*tasks)
+        if self._validate_atask is not None:
+            await aio.cancel_and_wait(self._validate_atask)
+        await self._publisher.aclose()
         self._records.clear()
         self._requests.clear()
-        self._events.clear()
-        self._dirty.clear()
-        self._drained.set()
 
-    async def __aenter__(self) -> SessionSync:
-        await self.start()
-        return self
+    async def drain(self) -> None:
+        """Wait until everything queued has been published (callers bound the wait)."""
+        await self._publisher.drain()
 
-    async def __aexit__(self, *_: object) -> None:
-        await self.aclose()
+    @property
+    def events_sent(self) -> Counter[str]:
+        """Events sent so far, by type."""
+        return self._publisher.events_sent
 
-    def _handlers(self) -> dict[rtc.room.EventTypes, Callable[..., None]]:
-        # bound methods compare equal, so room.off finds the ones room.on registered
+    def _session_handlers(self) -> dict[Any, Callable[..., None]]:
         return {
-            "participant_attributes_changed": self._on_attributes_changed,
-            "track_published": self._on_track_published,
-            "track_unpublished": self._on_track_unpublished,
-            "track_muted": self._on_track_muted,
-            "track_unmuted": self._on_track_unmuted,
-            "reconnecting": self._on_room_reconnecting,
-            "reconnected": self._on_room_reconnected,
-            "disconnected": self._on_room_disconnected,
-            "room_updated": self._on_room_updated,
-            "moved": self._on_room_updated,
+            "session_created": self._on_session_created,
+            "connection_state_changed": self._on_state_changed,
         }
 
-    # -- what the agent tells us -----------------------------------------------------------
+    def _room_handlers(self) -> dict[rtc.room.EventTypes, Callable[..., None]]:
+        # made once, so that room.off gets the very callables room.on got
+        if not self._handlers:
+            self._handlers = {
+                "participant_attributes_changed": self._requests.on_attributes_changed,
+                **{event: partial(self._on_track, event) for event in _TRACK_EVENTS},
+                "reconnecting": lambda: self._room_link("reconnecting"),
+                "reconnected": lambda: self._room_link("connected", check="room reconnected"),
+                "disconnected": lambda *_: self._room_link("disconnected"),
+                "room_updated": lambda *_: self.validate(trigger="room updated"),
+                "moved": lambda *_: self.validate(trigger="room updated"),
+            }
+        return self._handlers
+
+    # -- the sessions' events --------------------------------------------------------------
 
     def config_of(self, session_id: str) -> SessionConfig | None:
         """The agent's view of a session (``None`` once it ended)."""
         record = self._records.get(session_id)
         return None if record is None else record.config
 
-    def session_created(self, session: ParticipantSession) -> None:
-        """Start keeping a config for ``session`` (also done lazily on its first transition)."""
+    def _on_session_created(self, session: SyncedSession) -> None:
         self._record(session)
 
-    def state_changed(
-        self,
-        session: ParticipantSession,
-        old: ConnectionState,
-        new: ConnectionState,
-        *,
-        reason: str,
+    def _on_state_changed(
+        self, session: SyncedSession, old: ConnectionState, new: ConnectionState, reason: str
     ) -> None:
-        """The agent moved ``session``'s connection_state; called from its transition()."""
-        if self._closed:
-            return
         record = self._record(session, state=old)
         config = record.config
         state = STATE_OF[new]
@@ -237,7 +218,6 @@ class SessionSync:
             return
         if state == "active" and config.started_at is None:
             config.started_at = datetime.now(UTC)
-            config.retype(session.session_type)  # the pipeline resolved the type at start
         if state == "syncing":
             self._emit("connection_interruption", session, record, trigger=reason)
         else:
@@ -247,11 +227,11 @@ class SessionSync:
                 self._validate(session, record, trigger="reconnected")
             pending, record.pending_type = record.pending_type, None
             if pending is not None and pending != session.session_type:
-                self._requests.apply_quietly(session, pending, "attribute")
+                self._apply_quietly(session, pending, "attribute")
 
     def _record(
-        self, session: ParticipantSession, *, state: ConnectionState | None = None
-    ) -> _Record:
+        self, session: SyncedSession, *, state: ConnectionState | None = None
+    ) -> SessionRecord:
         record = self._records.get(session.session_id)
         if record is None:
             config = SessionConfig(
@@ -259,316 +239,161 @@ class SessionSync:
                 room_id=self._room.name,
                 state=STATE_OF[state or session.connection_state],
             )
-            record = self._records[session.session_id] = _Record(config)
+            record = self._records[session.session_id] = SessionRecord(config)
             if not self._closed:
                 self._emit("session_state_sync", session, record, trigger="session created")
         return record
 
-    def _forget(self, session: ParticipantSession) -> None:
+    def _forget(self, session: SyncedSession) -> None:
         self._records.pop(session.session_id, None)
         self._requests.forget(session.participant_id)
-        if self._host.session_of(session.participant_id) is None:
-            self._set_attribute(session.participant_id, "")
+        if self._sessions.of(session.participant_id) is None:
+            self._publisher.attribute(session.participant_id, "")
+
+    # -- change requests (admitted and parsed by ChangeRequests) -------------------------------
+
+    def defer(self, session: SyncedSession, requested: SessionType) -> None:
+        """A type asked for while ``session`` was (re)connecting: applied once it is active."""
+        self._record(session).pending_type = requested
+
+    def _apply_quietly(self, session: SyncedSession, requested: SessionType, source: str) -> None:
+        """Switch ``session`` to ``requested``; a refusal is counted and logged only."""
+        try:
+            self.switch(session, requested, source)
+        except RequestError as error:
+            self._requests.refuse(error, session.participant_id, source)
+
+    def switch(self, session: SyncedSession, requested: SessionType, source: str) -> SessionConfig:
+        """Switch ``session`` to ``requested`` and publish it; :class:`RequestError` when it
+        cannot (synchronous: the pipeline's switch is)."""
+        record = self._record(session)
+        if session.connection_state != "connected" or session.pipeline is None:
+            raise RequestError("session_not_active", "the session is not active")
+        if session.session_type == requested and record.config.type == requested:
+            return record.config
+        try:
+            self._sessions.switch_type(session, requested, source=source)
+        except Exception as exc:
+            self._count_error("session")
+            session.log.error(
+                "failed to change the session type",
+                extra={"to": requested, "from": session.session_type},
+                exc_info=exc,
+            )
+            raise RequestError(
+                "reconfigure_failed",
+                f"the session could not switch to {requested}; it keeps its type",
+            ) from None
+        record.config.retype(requested)
+        self._emit("session_state_sync", session, record, trigger=f"type changed ({source})")
+        self._validate(session, record, trigger="type changed")
+        return record.config
 
     # -- validation ------------------------------------------------------------------------
 
     def validate(self, *, trigger: str = "validation") -> None:
         """Check every session against the room now (the periodic round does this)."""
-        for session in list(self._host.sessions.values()):
+        for session in list(self._sessions.sessions.values()):
             if session.connection_state == "closed":
                 continue
             self._validate(session, self._record(session), trigger=trigger)
 
-    def _validate(self, session: ParticipantSession, record: _Record, *, trigger: str) -> None:
-        config = record.config
-        room = self._room
-        issues: list[str] = []
-        corrected = False
-        present = session.participant_id in room.remote_participants
-        expected = STATE_OF[session.connection_state]
-        if expected == "active" and self._link == "disconnected":
-            expected, issue = "error", "room_disconnected"
-        elif expected == "active" and not present:
-            expected, issue = "error", "participant_gone"
-        else:
-            issue = "state_mismatch"
-        if config.state != expected:
-            issues.append(issue)
-            config.state = expected
-            corrected = True
-        if config.room_id != room.name:
-            issues.append("room_id_mismatch")
-            config.room_id = room.name
-            corrected = True
-        if config.type != session.session_type:
-            issues.append("type_mismatch")
-            config.retype(session.session_type)
-            corrected = True
-        reference = SessionConfig(type=config.type, room_id=config.room_id)
-        if (config.turn_detection, config.voice_mode, config.voice_activity_enabled) != (
-            reference.turn_detection,
-            reference.voice_mode,
-            reference.voice_activity_enabled,
-        ):
-            issues.append("turn_detection_mismatch")
-            config.retype(config.type)
-            corrected = True
-
-        microphone = self._microphone(session.participant_id)
-        flags: set[str] = set()
-        if self._pipeline_drifted(session, config):
-            flags.add("pipeline_mismatch")
-        if config.is_voice:
-            config.is_muted = microphone != "unmuted"
-            if config.state == "active" and microphone != "unmuted":
-                flags.add(f"microphone_{microphone}")
-        new_flags = flags - record.flags
-        record.flags = frozenset(flags)
-        issues.extend(sorted(new_flags))
-
-        if corrected:
-            config.sync_attempts += 1
+    def _validate(self, session: SyncedSession, record: SessionRecord, *, trigger: str) -> None:
+        found = check(session, record, room=self._room, link=self._link)
+        if found.unreadable_pipeline is not None:
+            self._count_error("session")
+            session.log.warning(
+                "failed to read the pipeline's state", exc_info=found.unreadable_pipeline
+            )
+        if found.corrected:
             self.corrections += 1
-        if issues:
+        config = record.config
+        if found.issues:
             config.inconsistency_detected = True
             session.log.warning(
                 "session inconsistent with the room",
-                extra={"issues": issues, "corrected": corrected, "trigger": trigger},
+                extra={"issues": found.issues, "corrected": found.corrected, "trigger": trigger},
             )
             self._emit(
                 "session_inconsistency",
                 session,
                 record,
                 trigger=trigger,
-                room_state=self._room_state(session, microphone, present),
-                issues=issues,
+                room_state=room_state(self._room, self._link, found.microphone, found.present),
+                issues=found.issues,
             )
-        elif config.inconsistency_detected and not flags:
+        elif config.inconsistency_detected and not found.flagged:
             config.inconsistency_detected = False
             self._emit("session_state_sync", session, record, trigger=f"{trigger}: consistent")
         else:
             self._publish_config(session, record)
-
-    def _pipeline_drifted(self, session: ParticipantSession, config: SessionConfig) -> bool:
-        """Whether the pipeline does something else than the config's type says (the agent
-        cannot force it back: it is flagged, and logged, for a person to look at)."""
-        if session.pipeline is None or session.connection_state != "connected":
-            return False
-        try:
-            effective = session.pipeline.effective()
-        except Exception as exc:
-            self._host.count_error("session")
-            session.log.warning("failed to read the pipeline's state", exc_info=exc)
-            return False
-        expected = expected_effective(config.type)
-        return any(effective[key] != expected[key] for key in _COMPARED)  # type: ignore[literal-required]
-
-    def _microphone(self, identity: str) -> Microphone:
-        participant = self._room.remote_participants.get(identity)
-        if participant is None:
-            return "absent"
-        muted = False
-        for publication in participant.track_publications.values():
-            if publication.source == rtc.TrackSource.SOURCE_MICROPHONE:
-                if not publication.muted:
-                    return "unmuted"
-                muted = True
-        return "muted" if muted else "absent"
-
-    def _room_state(
-        self, session: ParticipantSession, microphone: Microphone, present: bool
-    ) -> dict[str, Any]:
-        """The room's view, next to the agent's config in events."""
-        return {
-            "room_id": self._room.name,
-            "connection": self._link,
-            "participant_present": present,
-            "microphone": microphone,
-        }
 
     async def _validate_loop(self) -> None:
         async for _ in aio.interval(self._interval):
             try:
                 self.validate()
             except Exception as exc:
-                self._host.count_error("session")
+                self._count_error("session")
                 self._log.error("session validation round failed", exc_info=exc)
-
-    # -- change requests (handled by ChangeRequests) -------------------------------------------
-
-    def _on_attributes_changed(
-        self, changed: Mapping[str, str], participant: rtc.Participant
-    ) -> None:
-        # a method of ours, so that _handlers gives room.on and room.off the same handler
-        self._requests.on_attributes_changed(changed, participant)
-
-    def _type_changed(self, session: ParticipantSession, record: _Record, source: str) -> None:
-        """A change request switched ``session``'s type: publish it and check the room."""
-        if self._records.get(session.session_id) is record:
-            self._emit("session_state_sync", session, record, trigger=f"type changed ({source})")
-            self._validate(session, record, trigger="type changed")
 
     # -- room events ---------------------------------------------------------------------------
 
-    def _on_track_published(
-        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
-    ) -> None:
-        self._track_event(participant, publication, "track_published")
-
-    def _on_track_unpublished(
-        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
-    ) -> None:
-        self._track_event(participant, publication, "track_unpublished")
-
-    def _on_track_muted(
-        self, participant: rtc.Participant, publication: rtc.TrackPublication
-    ) -> None:
-        self._track_event(participant, publication, "track_muted")
-
-    def _on_track_unmuted(
-        self, participant: rtc.Participant, publication: rtc.TrackPublication
-    ) -> None:
-        self._track_event(participant, publication, "track_unmuted")
-
-    def _track_event(
-        self, participant: rtc.Participant, publication: rtc.TrackPublication, trigger: str
-    ) -> None:
+    def _on_track(self, trigger: rtc.room.EventTypes, *args: Any) -> None:
+        # track_(un)published give (publication, participant), track_(un)muted the reverse
+        participant, publication = args if isinstance(args[0], rtc.Participant) else args[::-1]
         if publication.source != rtc.TrackSource.SOURCE_MICROPHONE:
             return
-        session = self._host.session_of(participant.identity)
+        session = self._sessions.of(participant.identity)
         if session is None or (record := self._records.get(session.session_id)) is None:
             return
-        microphone = self._microphone(session.participant_id)
-        present = session.participant_id in self._room.remote_participants
+        microphone = microphone_of(self._room, session.participant_id)
         if record.config.is_voice:
             record.config.is_muted = microphone != "unmuted"
-        room_state = self._room_state(session, microphone, present)
-        self._emit("room_state_change", session, record, trigger=trigger, room_state=room_state)
+        self._emit_room_state(session, record, trigger, microphone)
         self._validate(session, record, trigger=trigger)
 
-    def _on_room_reconnecting(self) -> None:
-        self._room_link("reconnecting")
-
-    def _on_room_reconnected(self) -> None:
-        self._room_link("connected")
-        self.validate(trigger="room reconnected")
-
-    def _on_room_disconnected(self, reason: object = None) -> None:
-        self._room_link("disconnected")
-
-    def _on_room_updated(self) -> None:
-        self.validate(trigger="room updated")
-
-    def _room_link(self, link: RoomLink) -> None:
+    def _room_link(self, link: RoomLink, *, check: str | None = None) -> None:
         self._link = link
-        for session in list(self._host.sessions.values()):
+        for session in list(self._sessions.sessions.values()):
             if (record := self._records.get(session.session_id)) is not None:
-                microphone = self._microphone(session.participant_id)
-                present = session.participant_id in self._room.remote_participants
-                room_state = self._room_state(session, microphone, present)
-                self._emit(
-                    "room_state_change",
-                    session,
-                    record,
-                    trigger=f"room {link}",
-                    room_state=room_state,
-                )
-        if link == "connected":
-            self._link_up.set()
-            self._wakeup.set()
-        else:
-            self._link_up.clear()
+                microphone = microphone_of(self._room, session.participant_id)
+                self._emit_room_state(session, record, f"room {link}", microphone)
+        self._publisher.link(up=link == "connected")
+        if check is not None:
+            self.validate(trigger=check)
+
+    def _emit_room_state(
+        self, session: SyncedSession, record: SessionRecord, trigger: str, microphone: Microphone
+    ) -> None:
+        present = session.participant_id in self._room.remote_participants
+        state = room_state(self._room, self._link, microphone, present)
+        self._emit("room_state_change", session, record, trigger=trigger, room_state=state)
 
     # -- publishing ----------------------------------------------------------------------------
 
     def _emit(
         self,
         event_type: SyncEventType,
-        session: ParticipantSession,
-        record: _Record,
+        session: SyncedSession,
+        record: SessionRecord,
         *,
         trigger: str,
         room_state: Mapping[str, Any] | None = None,
         issues: list[str] | None = None,
     ) -> None:
-        now = datetime.now(UTC)
-        record.config.last_sync_at = now
-        message = sync_event(
+        record.config.last_sync_at = datetime.now(UTC)
+        self._publisher.send(
             event_type,
             session_id=session.session_id,
-            participant=session.participant_id,
+            identity=session.participant_id,
             config=record.config,
             trigger=trigger,
             room_state=room_state,
             issues=issues,
-            at=now,
-        )
-        self._events.append((session.participant_id, encode(message)))
-        self.events_sent[event_type] += 1
-        self._publish_config(session, record)
-
-    def _publish_config(self, session: ParticipantSession, record: _Record) -> None:
-        self._set_attribute(session.participant_id, encode(record.config.to_json()))
-
-    def _set_attribute(self, identity: str, value: str) -> None:
-        key = SESSION_ATTRIBUTE_PREFIX + identity
-        size = len(key.encode()) + len(value.encode())
-        others = sum(self._attribute_sizes.values()) - self._attribute_sizes.get(key, 0)
-        if value and others + size > MAX_ATTRIBUTES_BYTES:
-            self._log.warning("session attributes over budget, not published", extra={"key": key})
-            self.rejected["attribute_budget"] += 1
-            return
-        if value:
-            self._attribute_sizes[key] = size
-        else:
-            self._attribute_sizes.pop(key, None)
-        if self._dirty.get(key) != value:
-            self._dirty[key] = value
-        self._kick()
-
-    def _kick(self) -> None:
-        self._drained.clear()
-        self._wakeup.set()
-
-    async def drain(self) -> None:
-        """Wait until everything queued has been published (callers bound the wait)."""
-        while not self._drained.is_set():
-            await self._drained.wait()
-
-    async def _publish_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            await self._link_up.wait()
-            while self._events:
-                identity, payload = self._events.popleft()
-                await self._guard(self._publish_event(identity, payload), "sync event")
-            if self._dirty:
-                wait = self._attribute_interval - (loop.time() - self._last_attribute_write)
-                if wait > 0:
-                    await asyncio.sleep(wait)  # attributes are for a few updates a second at most
-                    self._wakeup.set()
-                    continue
-                attributes, self._dirty = self._dirty, {}
-                self._last_attribute_write = loop.time()
-                await self._guard(
-                    self._room.local_participant.set_attributes(attributes), "attributes"
-                )
-            if not self._events and not self._dirty and not self._wakeup.is_set():
-                self._drained.set()
-
-    async def _publish_event(self, identity: str, payload: str) -> None:
-        await self._room.local_participant.publish_data(
-            payload, reliable=True, destination_identities=[identity], topic=SYNC_TOPIC
         )
 
-    async def _guard(self, publish: Coroutine[Any, Any, None], what: str) -> None:
-        try:
-            await publish
-        except Exception as exc:
-            self._host.count_error("session")
-            self._log.warning(f"failed to publish {what}", exc_info=exc)
+    def _publish_config(self, session: SyncedSession, record: SessionRecord) -> None:
+        self._publisher.config(session.participant_id, record.config)
 
 
-__all__ = ["DEFAULT_SYNC_INTERVAL", "SessionConfig", "SessionSync", "SyncHost"]
+__all__ = ["FLUSH_TIMEOUT", "SessionSync"]

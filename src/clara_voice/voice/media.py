@@ -25,8 +25,8 @@ from livekit import rtc
 from livekit.agents import AgentSession
 from livekit.agents.voice import room_io
 
-from clara_voice.config import SessionType
 from clara_voice.logging import ContextLogger
+from clara_voice.states import SessionType
 from clara_voice.voice.assistant import ClaraAssistant
 from clara_voice.voice.privacy import ParticipantView, RoomPrivacy
 

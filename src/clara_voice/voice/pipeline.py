@@ -1,25 +1,21 @@
 """The voice pipeline: one livekit AgentSession per participant (VAD → STT → LLM → TTS).
 
-ClaraVoiceAgent asks its :class:`PipelineFactory` for a :class:`VoicePipeline` per
-ParticipantSession and closes it at cleanup; the factory is injected, so tests drive the
-agent with a fake. :class:`LiveKitPipelineFactory` is the real one: each participant gets
-its own livekit ``AgentSession`` (its own conversation) linked to that participant only,
-fed by the room through a :class:`MediaBinding` (``RoomMedia`` in production; tests bind
-livekit's audio and text I/O seams directly). :class:`LiveKitPipeline` is one participant's
-running AgentSession: it reports messages, turns, provider errors and its end to a
-:class:`PipelineObserver`, switches the session type, and re-links or closes its media.
-
-The media binding and the apology clip (:func:`apology_audio`) live in
-:mod:`clara_voice._media`; this module re-exports their public names, so import them from
-here.
+:class:`LiveKitPipelineFactory` is the agent's :class:`~clara_voice.voice.seams.PipelineFactory`:
+each participant gets its own livekit ``AgentSession`` (its own conversation), fed by the
+room through a :class:`~clara_voice.voice.media.MediaBinding` (``RoomMedia`` in production:
+private to that participant; tests bind livekit's audio and text I/O seams directly).
+:class:`LiveKitPipeline` is one participant's running AgentSession: it reports messages,
+turns, provider failures and its end to the :class:`~clara_voice.voice.seams.PipelineEvents`
+it was given, switches the session type, and closes its media.
 
 Decisions:
 
 - ``close_on_disconnect=False``: livekit would end the AgentSession whenever its
-  participant disconnects; here ClaraVoiceAgent decides (a client-initiated leave ends the
+  participant disconnects; here the agent decides (a client-initiated leave ends the
   session at once, a network drop may be ridden out), then closes the pipeline.
 - Chat text and push-to-talk RPCs are routed per room by the sender's identity
-  (turns.py), not by livekit's per-session room input, which serves one participant only.
+  (:mod:`clara_voice.voice.routing`), not by livekit's per-session room input, which serves
+  one participant only.
 - When a provider fails a turn for good (after livekit's retries and fallbacks), the
   participant hears, or in a text session reads, ``CLARA_APOLOGY`` instead of silence.
 - Every AgentSession has the whole pipeline and media that can carry audio, whatever its
@@ -32,14 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from livekit import rtc
 from livekit.agents import AgentSession, llm, vad
-from livekit.agents.job import get_job_context
 from livekit.agents.voice.events import (
     CloseEvent,
     CloseReason,
@@ -47,82 +40,26 @@ from livekit.agents.voice.events import (
     ErrorEvent,
 )
 
-from clara_voice.agent.conversation import HistoryMessage
-from clara_voice.config import SessionType, Settings
+from clara_voice.config import Settings
+from clara_voice.logging import ContextLogger, get_logger
+from clara_voice.states import SessionType
+from clara_voice.voice._livekit_job import forget_job_shutdown_callbacks
 from clara_voice.voice.assistant import ClaraAssistant
 from clara_voice.voice.media import MediaBinding, MediaLink, RoomMedia, apology_audio
+from clara_voice.voice.messages import HistoryMessage, history_message, turn_metrics
 from clara_voice.voice.providers import Providers, build_providers, connect_options
+from clara_voice.voice.routing import ChatRouter, PushToTalk
+from clara_voice.voice.seams import PipelineEvents
 from clara_voice.voice.turns import (
     SESSION_TYPE_CONFIGS,
-    ChatRouter,
     EffectiveConfig,
-    PushToTalk,
     TurnDetectionKind,
     apply_session_type,
     turn_handling,
 )
 
-if TYPE_CHECKING:
-    from clara_voice.agent.session import ParticipantSession, TurnMetrics
-
 CLOSE_TIMEOUT = 5.0
 """Bound on closing one AgentSession, so a stuck provider cannot hold a cleanup."""
-
-
-class VoicePipeline(Protocol):
-    """A running pipeline for one participant. ``aclose`` is idempotent.
-
-    Its media follows the participant's identity by itself: a participant that drops and
-    comes back, or publishes a new microphone, is heard again without a word from the agent.
-    """
-
-    def set_session_type(self, session_type: SessionType) -> None:
-        """Switch the session type while connected, keeping the conversation; a no-op for
-        the current type."""
-        ...
-
-    def effective(self) -> EffectiveConfig:
-        """What the pipeline actually does now (compare with ``turns.expected_effective``)."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class PipelineObserver(Protocol):
-    """What a pipeline reports to its ClaraVoiceAgent."""
-
-    def on_message(self, session: ParticipantSession, message: HistoryMessage) -> None: ...
-
-    def on_turn(self, session: ParticipantSession, turn: TurnMetrics) -> None: ...
-
-    def on_provider_error(
-        self, session: ParticipantSession, source: str, error: object
-    ) -> None: ...
-
-    def on_pipeline_closed(self, session: ParticipantSession, reason: str, *, error: bool) -> None:
-        """livekit closed the pipeline on its own: after an unrecoverable error (``error``),
-        or because the job is shutting down."""
-        ...
-
-
-class PipelineFactory(Protocol):
-    """Starts participants' pipelines, each in its session's ``session_type``; owns what
-    they share (providers, routers).
-
-    ``start`` may be cancelled (the participant left while it was starting): it must then
-    close whatever it had already opened before re-raising.
-    """
-
-    async def start(
-        self,
-        *,
-        room: rtc.Room,
-        participant: rtc.RemoteParticipant,
-        session: ParticipantSession,
-        observer: PipelineObserver,
-    ) -> VoicePipeline: ...
-
-    async def aclose(self) -> None: ...
 
 
 class LiveKitPipelineFactory:
@@ -136,12 +73,14 @@ class LiveKitPipelineFactory:
         providers: Providers | None = None,
         media: MediaBinding | None = None,
         turn_detector: Callable[[], Any] | None = None,
+        log: ContextLogger | None = None,
     ) -> None:
         self._settings = settings
         self._vad = vad
         self._providers = providers or build_providers(settings, vad=vad)
         self._media = media or RoomMedia()
         self._turn_detector = turn_detector or _bundled_turn_detector
+        self._log = log or get_logger("clara_voice.voice")
         self._push_to_talk: PushToTalk | None = None
         self._chat: ChatRouter | None = None
         self._closed = False
@@ -155,54 +94,56 @@ class LiveKitPipelineFactory:
         *,
         room: rtc.Room,
         participant: rtc.RemoteParticipant,
-        session: ParticipantSession,
-        observer: PipelineObserver,
+        session_type: SessionType,
+        history: Sequence[HistoryMessage],
+        events: PipelineEvents,
+        log: ContextLogger,
     ) -> LiveKitPipeline:
         settings = self._settings
-        routes = self._routers(room, session)
+        routes = self._routers(room)
         eot = _once(self._turn_detector)
         agent_session: AgentSession[Any] = AgentSession(
             stt=self._providers.stt,
             vad=self._vad,
             llm=self._providers.llm,
             tts=self._providers.tts,
-            turn_handling=turn_handling(settings, session.session_type, eot),
+            turn_handling=turn_handling(settings, session_type, eot),
             conn_options=connect_options(settings),
             session_close_transcript_timeout=0.5,
             user_away_timeout=None,
         )
         pipeline = LiveKitPipeline(
             agent_session=agent_session,
-            session=session,
-            observer=observer,
+            identity=participant.identity,
+            session_type=session_type,
+            events=events,
             settings=settings,
             eot=eot,
+            log=log,
         )
         # before the media is attached, so nothing is heard or said that the type forbids
-        apply_session_type(agent_session, session.session_type, settings, eot)
+        apply_session_type(agent_session, session_type, settings, eot)
         try:
             pipeline.media = await self._media.start(
                 agent_session,
-                ClaraAssistant(instructions=settings.instructions, chat_ctx=_chat_context(session)),
+                ClaraAssistant(instructions=settings.instructions, chat_ctx=_chat_context(history)),
                 room=room,
                 participant=participant,
-                session_type=session.session_type,
-                log=session.log,
+                session_type=session_type,
+                log=log,
             )
-            pipeline.attach(routes, participant.identity)
+            pipeline.attach(routes)
         except BaseException:
             await pipeline.aclose()
             raise
-        session.log.info("pipeline started", extra={"session_type": session.session_type})
+        log.info("pipeline started", extra={"session_type": session_type})
         return pipeline
 
-    def _routers(
-        self, room: rtc.Room, session: ParticipantSession
-    ) -> tuple[ChatRouter, PushToTalk]:
+    def _routers(self, room: rtc.Room) -> tuple[ChatRouter, PushToTalk]:
         if self._chat is None:
-            self._chat = ChatRouter(room, session.log)
+            self._chat = ChatRouter(room, self._log)
         if self._push_to_talk is None:
-            self._push_to_talk = PushToTalk(room.local_participant, session.log)
+            self._push_to_talk = PushToTalk(room.local_participant, self._log)
             self._push_to_talk.register()
         return self._chat, self._push_to_talk
 
@@ -228,32 +169,40 @@ class LiveKitPipeline:
         self,
         *,
         agent_session: AgentSession[Any],
-        session: ParticipantSession,
-        observer: PipelineObserver,
+        identity: str,
+        session_type: SessionType,
+        events: PipelineEvents,
         settings: Settings,
         eot: Callable[[], Any],
+        log: ContextLogger,
     ) -> None:
         self.agent_session = agent_session
-        self._session = session
-        self._observer = observer
+        self._session_type = session_type
+        self._events = events
+        self._log = log
         self._settings = settings
         self._eot = eot
         self._apology = settings.apology
         self._pending_user: llm.ChatMessage | None = None
         self._routes: tuple[ChatRouter, PushToTalk] | None = None
-        self._identity = session.participant_id
+        self._identity = identity
         self._closed = False
         self.media: MediaLink | None = None
         agent_session.on("conversation_item_added", self._on_item)
         agent_session.on("error", self._on_error)
         agent_session.on("close", self._on_close)
 
-    def attach(self, routes: tuple[ChatRouter, PushToTalk], identity: str) -> None:
+    @property
+    def session_type(self) -> SessionType:
+        return self._session_type
+
+    def attach(self, routes: tuple[ChatRouter, PushToTalk]) -> None:
+        """Route the participant's chat and push-to-talk calls to this pipeline."""
         chat, push_to_talk = routes
         self._routes = routes
-        chat.add(identity, self.handle_text)
-        if SESSION_TYPE_CONFIGS[self._session.session_type].push_to_talk:
-            push_to_talk.add(identity, self.agent_session)
+        chat.add(self._identity, self.handle_text)
+        if SESSION_TYPE_CONFIGS[self._session_type].push_to_talk:
+            push_to_talk.add(self._identity, self.agent_session)
 
     def set_session_type(self, session_type: SessionType) -> None:
         """Switch to ``session_type`` in the same AgentSession (the conversation goes on).
@@ -261,7 +210,7 @@ class LiveKitPipeline:
         Leaving voice drops the user's unfinished turn and stops the reply being spoken;
         entering or leaving push-to-talk registers or unregisters the caller's RPC routing.
         """
-        old = self._session.session_type
+        old = self._session_type
         if session_type == old or self._closed:
             return
         session = self.agent_session
@@ -280,8 +229,8 @@ class LiveKitPipeline:
                 session.interrupt()
         if now.push_to_talk and self._routes is not None:
             self._routes[1].add(self._identity, session)
-        self._session.session_type = session_type
-        self._session.log.info(
+        self._session_type = session_type
+        self._log.info(
             "session type switched", extra={"old_type": old, "session_type": session_type}
         )
 
@@ -296,7 +245,7 @@ class LiveKitPipeline:
             detection = "client" if push_to_talk else "none"
         audio_in, audio_out = session.input.audio_enabled, session.output.audio_enabled
         return {
-            "session_type": self._session.session_type,
+            "session_type": self._session_type,
             "turn_detection": detection,
             "voice_activity_enabled": audio_out and (audio_in or push_to_talk),
             "audio_input_enabled": audio_in,
@@ -347,29 +296,26 @@ class LiveKitPipeline:
         item = event.item
         if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
             return
-        self._session.message_count += 1
-        self._observer.on_message(self._session, _history_message(item))
+        self._events.message_added(history_message(item))
         if item.role == "user":
             self._pending_user = item
             return
         user, self._pending_user = self._pending_user, None
-        self._observer.on_turn(self._session, _turn_metrics(user, item))
+        self._events.turn_completed(turn_metrics(user, item))
 
     def _on_error(self, event: ErrorEvent) -> None:
         error = event.error
         if getattr(error, "recoverable", True):
             return  # livekit is retrying or failing over
         source = getattr(error, "type", type(error).__name__)
-        self._observer.on_provider_error(self._session, source, error)
+        self._events.provider_failed(source, error)
         if not self._closed and source in ("llm_error", "tts_error", "stt_error"):
             self._apologize(tts_failed=source == "tts_error")
 
     def _on_close(self, event: CloseEvent) -> None:
         if not self._closed:
             reason = CloseReason(event.reason)
-            self._observer.on_pipeline_closed(
-                self._session, reason.value, error=reason == CloseReason.ERROR
-            )
+            self._events.pipeline_closed(reason.value, error=reason == CloseReason.ERROR)
 
     def _apologize(self, *, tts_failed: bool) -> None:
         output = self.agent_session.output
@@ -381,48 +327,17 @@ class LiveKitPipeline:
             else:
                 self.agent_session.say(self._apology, add_to_chat_ctx=False)
         except RuntimeError as exc:  # the session is closing
-            self._session.log.warning("could not apologize", exc_info=exc)
+            self._log.warning("could not apologize", exc_info=exc)
 
 
-def _history_message(item: llm.ChatMessage) -> HistoryMessage:
-    figures = {
-        k: float(v)
-        for k, v in item.metrics.items()
-        if isinstance(v, int | float) and math.isfinite(v)
-    }
-    return HistoryMessage(
-        role="user" if item.role == "user" else "assistant",
-        text=item.text_content or "",
-        at=datetime.fromtimestamp(item.created_at, UTC),
-        metrics=figures,
-    )
-
-
-def _chat_context(session: ParticipantSession) -> llm.ChatContext | None:
+def _chat_context(history: Sequence[HistoryMessage]) -> llm.ChatContext | None:
     """The earlier messages of the conversation, for the LLM to continue from."""
-    if not session.earlier_messages:
+    if not history:
         return None
     ctx = llm.ChatContext()
-    for message in session.earlier_messages:
+    for message in history:
         ctx.add_message(role=message.role, content=message.text)
     return ctx
-
-
-def _turn_metrics(user: llm.ChatMessage | None, reply: llm.ChatMessage) -> TurnMetrics:
-    from clara_voice.agent.session import TurnMetrics
-
-    heard = user.metrics if user is not None else {}
-    said = reply.metrics
-    return TurnMetrics(
-        at=datetime.now(UTC),
-        user_text=user.text_content or "" if user is not None else "",
-        reply_text=reply.text_content or "",
-        end_of_turn_delay=heard.get("end_of_turn_delay"),
-        transcription_delay=heard.get("transcription_delay"),
-        llm_ttft=said.get("llm_node_ttft"),
-        tts_ttfb=said.get("tts_node_ttfb"),
-        e2e_latency=said.get("e2e_latency"),
-    )
 
 
 def _once(make: Callable[[], Any]) -> Callable[[], Any]:
@@ -438,57 +353,10 @@ def _once(make: Callable[[], Any]) -> Callable[[], Any]:
     return get
 
 
-def forget_job_shutdown_callbacks(agent_session: AgentSession[Any]) -> int:
-    """Take ``agent_session``'s callback out of the job's shutdown; how many were removed.
-
-    livekit-agents 1.8's ``AgentSession.start`` registers the session's close with the job's
-    shutdown and offers no way to take it back, so a job serving many participants over its
-    life would keep every ended session alive until the job ends, and close them all again
-    then. There is no public API for this: the callbacks are the job context's private
-    ``_shutdown_callbacks`` list, and livekit's entry is a wrapper around a lambda that holds
-    the session. tests/test_pipeline.py pins both, so a livekit upgrade that changes them
-    fails there.
-    """
-    job = get_job_context(required=False)
-    if job is None:
-        return 0
-    callbacks: list[Any] = job._shutdown_callbacks
-    mine = [cb for cb in callbacks if _holds(cb, agent_session, depth=2)]
-    for callback in mine:
-        callbacks.remove(callback)
-    return len(mine)
-
-
-def _holds(fn: Any, target: object, *, depth: int) -> bool:
-    """Whether ``fn``'s closure (or, down to ``depth``, a closure in it) holds ``target``."""
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            value = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
-        if value is target:
-            return True
-        if depth > 1 and callable(value) and _holds(value, target, depth=depth - 1):
-            return True
-    return False
-
-
 def _bundled_turn_detector() -> Any:
     from livekit.agents import inference
 
     return inference.TurnDetector(version="v1-mini")
 
 
-__all__ = [
-    "CLOSE_TIMEOUT",
-    "LiveKitPipeline",
-    "LiveKitPipelineFactory",
-    "MediaBinding",
-    "MediaLink",
-    "PipelineFactory",
-    "PipelineObserver",
-    "RoomMedia",
-    "VoicePipeline",
-    "apology_audio",
-    "forget_job_shutdown_callbacks",
-]
+__all__ = ["CLOSE_TIMEOUT", "LiveKitPipeline", "LiveKitPipelineFactory"]

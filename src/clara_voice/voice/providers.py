@@ -58,6 +58,41 @@ class Providers:
             raise failures[0]
 
 
+def stt_chain(settings: Settings) -> list[STTSpec]:
+    """The primary STT followed by its fallbacks."""
+    primary = STTSpec(
+        provider=settings.stt_provider,
+        model=settings.stt_model,
+        language=settings.stt_language,
+        base_url=settings.stt_base_url,
+        api_key=settings.stt_api_key,
+    )
+    return [primary, *settings.stt_fallbacks]
+
+
+def llm_chain(settings: Settings) -> list[LLMSpec]:
+    """The primary LLM followed by its fallbacks."""
+    primary = LLMSpec(
+        model=settings.llm_model,
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key,
+        temperature=settings.llm_temperature,
+    )
+    return [primary, *settings.llm_fallbacks]
+
+
+def tts_chain(settings: Settings) -> list[TTSSpec]:
+    """The primary TTS followed by its fallbacks."""
+    primary = TTSSpec(
+        model=settings.tts_model,
+        voice=settings.tts_voice,
+        base_url=settings.tts_base_url,
+        api_key=settings.tts_api_key,
+        response_format=settings.tts_response_format,
+    )
+    return [primary, *settings.tts_fallbacks]
+
+
 def connect_options(settings: Settings) -> SessionConnectOptions:
     """Retries and timeouts livekit applies to every provider request."""
     options = APIConnectOptions(
@@ -77,9 +112,9 @@ def build_providers(settings: Settings, *, vad: vad.VAD | None = None) -> Provid
     non-streaming ones (livekit's StreamAdapter).
     """
     clients: list[openai_sdk.AsyncClient] = []
-    stts = [build_stt(spec, settings, clients) for spec in settings.stt_chain()]
-    llms = [build_llm(spec, settings) for spec in settings.llm_chain()]
-    ttss = [build_tts(spec, settings) for spec in settings.tts_chain()]
+    stts = [build_stt(spec, settings, clients) for spec in stt_chain(settings)]
+    llms = [build_llm(spec, settings) for spec in llm_chain(settings)]
+    ttss = [build_tts(spec, settings) for spec in tts_chain(settings)]
     retry = settings.provider_max_retry
     return Providers(
         stt=stts[0]
@@ -147,7 +182,7 @@ def build_tts(spec: TTSSpec, settings: Settings) -> tts.TTS[Any]:
 def missing_keys(settings: Settings) -> list[str]:
     """One line per cloud provider that is selected but has no API key."""
     problems = []
-    for index, spec in enumerate(settings.stt_chain()):
+    for index, spec in enumerate(stt_chain(settings)):
         where = "CLARA_STT_PROVIDER" if index == 0 else f"CLARA_STT_FALLBACKS[{index - 1}]"
         if spec.base_url or spec.api_key:
             continue
@@ -156,8 +191,8 @@ def missing_keys(settings: Settings) -> list[str]:
         if spec.provider == "openai" and settings.openai_api_key is None:
             problems.append(_missing("OPENAI_API_KEY", f"{where}=openai", "CLARA_STT"))
     endpoints: list[tuple[str, list[tuple[str | None, SecretStr | None]]]] = [
-        ("LLM", [(spec.base_url, spec.api_key) for spec in settings.llm_chain()]),
-        ("TTS", [(spec.base_url, spec.api_key) for spec in settings.tts_chain()]),
+        ("LLM", [(spec.base_url, spec.api_key) for spec in llm_chain(settings)]),
+        ("TTS", [(spec.base_url, spec.api_key) for spec in tts_chain(settings)]),
     ]
     for kind, chain in endpoints:
         for index, (base_url, api_key) in enumerate(chain):

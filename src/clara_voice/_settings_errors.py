@@ -1,0 +1,48 @@
+"""What an invalid setting looks like to the person who set it: one line per variable.
+
+:func:`describe` turns pydantic's validation errors into lines naming the environment
+variable, the value given (left out when it may be a secret) and what is wrong with it;
+:class:`SettingsError` carries them to the command line, which prints them and exits 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+
+
+class SettingsError(Exception):
+    """Raised by ``load_settings``; ``str()`` is one line per invalid variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def describe(exc: ValidationError, env_names: Mapping[str, str]) -> list[str]:
+    """One line per invalid variable: its name, the value given (unless it may be secret)
+    and what is wrong. ``env_names`` maps each field to its variable."""
+    env_for_loc = dict(env_names)
+    env_for_loc.update({env: env for env in env_for_loc.values()})
+    problems = []
+    for error in exc.errors(include_url=False):
+        if not error["loc"]:  # a check across settings: its message names the variables
+            problems.append(f"invalid settings: {error['msg'].removeprefix('Value error, ')}")
+            continue
+        key = str(error["loc"][0])
+        variable = env_for_loc.get(key, key.upper())
+        variable += "".join(
+            f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:]
+        )
+        message = error["msg"].removeprefix("Value error, ")
+        given = error.get("input")
+        hidden = isinstance(given, (dict, list)) or any(
+            word in variable.lower() for word in ("secret", "key")
+        )
+        shown = "" if hidden else f"={given!r}"
+        problems.append(f"invalid setting {variable}{shown}: {message}")
+    return problems
+
+
+__all__ = ["SettingsError", "describe"]

@@ -1,0 +1,191 @@
+"""SyncPublisher: what session sync sends to the room, from one owned task.
+
+Two kinds of things go out: events on the ``clara.sync`` data topic, each to its session's
+owner only (reliable, in order), and the agent attributes ``clara.session.<identity>``
+(coalesced: at most one write per ``attribute_interval``, the latest value of each key, an
+empty value removing it, within the attribute budget, and only what differs from what the
+room already has). Room handlers stay synchronous: they
+queue, the task publishes. While the agent's own link is down the queue waits (at most
+``MAX_QUEUED_EVENTS`` events, the oldest dropped first) and goes out once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from livekit import rtc
+from livekit.agents.utils import aio
+
+from clara_voice.logging import ContextLogger
+from clara_voice.sync.protocol import (
+    MAX_ATTRIBUTES_BYTES,
+    SESSION_ATTRIBUTE_PREFIX,
+    SYNC_TOPIC,
+    SessionConfig,
+    SyncEventType,
+    encode,
+    sync_event,
+)
+from clara_voice.telemetry import ErrorSource
+
+MAX_QUEUED_EVENTS = 256
+
+
+class SyncPublisher:
+    """Queues sync events and session attributes and publishes them in order."""
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        *,
+        log: ContextLogger,
+        count_error: Callable[[ErrorSource], None],
+        rejected: Counter[str],
+        attribute_interval: float = 0.5,
+    ) -> None:
+        self._room = room
+        self._log = log
+        self._count_error = count_error
+        self._rejected = rejected
+        self._attribute_interval = attribute_interval
+        self._events: deque[tuple[str, str]] = deque(maxlen=MAX_QUEUED_EVENTS)
+        self._dirty: dict[str, str] = {}
+        self._written: dict[str, str] = {}
+        self._sizes: dict[str, int] = {}
+        self._last_attribute_write = -float("inf")
+        self._link_up = asyncio.Event()
+        self._link_up.set()
+        self._wakeup = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._publish_atask: asyncio.Task[None] | None = None
+        self.events_sent: Counter[str] = Counter()
+
+    @property
+    def queued(self) -> int:
+        return len(self._events)
+
+    def start(self) -> None:
+        if self._publish_atask is None:
+            self._publish_atask = asyncio.create_task(self._run(), name="clara.sync.publish")
+
+    async def aclose(self) -> None:
+        """Stop publishing and forget what is queued; safe to call twice."""
+        if self._publish_atask is not None:
+            await aio.cancel_and_wait(self._publish_atask)
+        self._events.clear()
+        self._dirty.clear()
+        self._drained.set()
+
+    def link(self, *, up: bool) -> None:
+        """The agent's own link went up or down: publishing goes on or waits."""
+        if up:
+            self._link_up.set()
+            self._wakeup.set()
+        else:
+            self._link_up.clear()
+
+    def send(
+        self,
+        event_type: SyncEventType,
+        *,
+        session_id: str,
+        identity: str,
+        config: SessionConfig,
+        trigger: str,
+        room_state: Mapping[str, Any] | None = None,
+        issues: list[str] | None = None,
+    ) -> None:
+        """Send a ``clara.sync`` event about ``identity``'s session to it only, and publish
+        its config."""
+        message = sync_event(
+            event_type,
+            session_id=session_id,
+            participant=identity,
+            config=config,
+            trigger=trigger,
+            room_state=room_state,
+            issues=issues,
+            at=config.last_sync_at,
+        )
+        self._events.append((identity, encode(message)))
+        self.events_sent[event_type] += 1
+        self._kick()
+        self.config(identity, config)
+
+    def config(self, identity: str, config: SessionConfig) -> None:
+        """Publish ``identity``'s config as its ``clara.session.<identity>`` attribute."""
+        self.attribute(identity, encode(config.to_json()))
+
+    def attribute(self, identity: str, value: str) -> None:
+        """Set ``clara.session.<identity>`` to ``value`` ("" removes it)."""
+        key = SESSION_ATTRIBUTE_PREFIX + identity
+        size = len(key.encode()) + len(value.encode())
+        others = sum(self._sizes.values()) - self._sizes.get(key, 0)
+        if value and others + size > MAX_ATTRIBUTES_BYTES:
+            self._log.warning("session attributes over budget, not published", extra={"key": key})
+            self._rejected["attribute_budget"] += 1
+            return
+        if value:
+            self._sizes[key] = size
+        else:
+            self._sizes.pop(key, None)
+        if key not in self._dirty and self._written.get(key, "") == value:
+            return  # the room has it already: write only what changed
+        self._dirty[key] = value
+        self._kick()
+
+    async def drain(self) -> None:
+        """Wait until everything queued has been published (callers bound the wait)."""
+        while not self._drained.is_set():
+            await self._drained.wait()
+
+    def _kick(self) -> None:
+        self._drained.clear()
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            await self._link_up.wait()
+            while self._events:
+                identity, payload = self._events.popleft()
+                await self._guard(
+                    self._room.local_participant.publish_data(
+                        payload, reliable=True, destination_identities=[identity], topic=SYNC_TOPIC
+                    ),
+                    "sync event",
+                )
+            if self._dirty:
+                wait = self._attribute_interval - (loop.time() - self._last_attribute_write)
+                if wait > 0:
+                    await asyncio.sleep(wait)  # attributes are for a few updates a second at most
+                    self._wakeup.set()
+                    continue
+                attributes, self._dirty = self._dirty, {}
+                attributes = {k: v for k, v in attributes.items() if self._written.get(k, "") != v}
+                if attributes:
+                    self._last_attribute_write = loop.time()
+                    if await self._guard(
+                        self._room.local_participant.set_attributes(attributes), "attributes"
+                    ):
+                        self._written.update(attributes)
+            if not self._events and not self._dirty and not self._wakeup.is_set():
+                self._drained.set()
+
+    async def _guard(self, publish: Coroutine[Any, Any, None], what: str) -> bool:
+        try:
+            await publish
+        except Exception as exc:
+            self._count_error("session")
+            self._log.warning(f"failed to publish {what}", exc_info=exc)
+            return False
+        return True
+
+
+__all__ = ["MAX_QUEUED_EVENTS", "SyncPublisher"]
