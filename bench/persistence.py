@@ -10,7 +10,7 @@ handlers do, without awaiting — and a ticker task measures the event loop's re
 * ``max_loop_stall_ms``: the worst loop lateness seen while putting and delivering.
 
 Targets: the outbox in front of the embedded SQLite store, the outbox in front of a
-loopback HTTP backend (``tests.loopback_backend``), and, as the baseline, the naive way the
+loopback HTTP backend (``testkit.loopback_backend``), and, as the baseline, the naive way the
 seed describes — ``asyncio.create_task(backend.save(...))`` — with SQLite writes made on
 the event loop itself (no outbox, no thread), to show what that costs the audio path.
 
@@ -39,12 +39,12 @@ from contextlib import asynccontextmanager  # noqa: E402
 from typing import Any  # noqa: E402
 
 from pydantic import SecretStr  # noqa: E402
-from tests.loopback_backend import LoopbackBackend  # noqa: E402
 
 from clara_voice.persistence import Backend, OutboxRecord  # noqa: E402
 from clara_voice.persistence.http import HttpBackend  # noqa: E402
 from clara_voice.persistence.outbox import Outbox  # noqa: E402
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend  # noqa: E402
+from testkit.loopback_backend import LoopbackBackend  # noqa: E402
 
 TICK = 0.005
 

@@ -6,12 +6,12 @@ handling itself costs: VAD silence, endpointing delay, the end-of-turn model, li
 scheduling. A real deployment adds the providers' own latencies on top.
 
 For every run a fresh ``AgentSession`` hears real speech (espeak-ng, or ``--audio FILE``)
-from a real-time microphone (``tests.audio.WavAudioInput``) and speaks into a capturing
-speaker (``tests.audio.CaptureAudioOutput``), both bound to livekit's I/O seams as
-``tests.pipeline_kit.SeamMedia`` binds them:
+from a real-time microphone (``testkit.audio.WavAudioInput``) and speaks into a capturing
+speaker (``testkit.audio.CaptureAudioOutput``), both bound to livekit's I/O seams as
+``testkit.pipeline.SeamMedia`` binds them:
 
 * start: the loop time at which the microphone released the frame holding the last voiced
-  sample of the utterance (found from the audio by energy: ``tests.audio.voiced_span``);
+  sample of the utterance (found from the audio by energy: ``testkit.audio.voiced_span``);
 * end: the loop time at which the agent's first audio frame reached the audio output.
 
 The default utterance has a pause inside it (two phrases ``--pause`` seconds apart). A run
@@ -62,16 +62,6 @@ import numpy as np  # noqa: E402
 from livekit import rtc  # noqa: E402
 from livekit.agents import Agent, AgentSession, inference, llm, stt, utils, vad  # noqa: E402
 from livekit.agents.voice.events import ConversationItemAddedEvent  # noqa: E402
-from tests.audio import (  # noqa: E402
-    CaptureAudioOutput,
-    WavAudioInput,
-    load_frames,
-    samples_of,
-    speech_wav,
-    voiced_span,
-)
-from tests.fakes import FakeRoom, make_participant  # noqa: E402
-from tests.pipeline_kit import SeamMedia  # noqa: E402
 
 from bench._fakes import FakeLLM, FakeStreamingSTT, FakeSTT, FakeTTS  # noqa: E402
 from clara_voice.config import Settings, SettingsError, load_settings  # noqa: E402
@@ -79,6 +69,16 @@ from clara_voice.logging import get_logger  # noqa: E402
 from clara_voice.voice.messages import TurnMetrics  # noqa: E402
 from clara_voice.voice.pipeline import LiveKitPipelineFactory  # noqa: E402
 from clara_voice.voice.providers import Providers  # noqa: E402
+from testkit.audio import (  # noqa: E402
+    CaptureAudioOutput,
+    WavAudioInput,
+    load_frames,
+    samples_of,
+    speech_wav,
+    voiced_span,
+)
+from testkit.fakes import FakeRoom, make_participant  # noqa: E402
+from testkit.pipeline import SeamMedia  # noqa: E402
 
 SAMPLE_RATE = 24000
 FRAME_MS = 20
@@ -737,12 +737,12 @@ def method(args: argparse.Namespace, speech: Speech) -> dict[str, Any]:
     return {
         "method": {
             "measures": "end of user speech -> first agent audio frame, in process",
-            "from": "loop time at which the real-time microphone (tests.audio.WavAudioInput, "
+            "from": "loop time at which the real-time microphone (testkit.audio.WavAudioInput, "
             "20 ms frames released on the loop clock) handed the AgentSession the frame "
             "holding the last voiced sample (10 ms RMS > 2% of the loudest window); that "
             "sample lies up to 20 ms before the release",
             "to": "loop time at which the agent's first audio frame after that reached the "
-            "AudioOutput seam (tests.audio.CaptureAudioOutput.capture_frame)",
+            "AudioOutput seam (testkit.audio.CaptureAudioOutput.capture_frame)",
             "providers": "zero-latency fakes on livekit's base classes (bench/_fakes.py): "
             "batch STT wrapped by AgentSession in livekit's VAD StreamAdapter, returning the "
             "words whose audio the mic has released (or, where the config says stt=streaming, "

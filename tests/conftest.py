@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,8 +12,7 @@ from livekit.protocol import models
 
 from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import Settings, load_settings
-
-from .fakes import FakePipelineFactory, FakeRoom
+from testkit.fakes import FakePipelineFactory, FakeRoom
 
 
 @pytest.fixture(autouse=True)
@@ -51,41 +47,6 @@ async def agent(
     await agent.start()
     yield agent
     await agent.aclose()
-
-
-def start_clara(cwd: Path, **env: str | None) -> subprocess.CompletedProcess[str]:
-    """``python -m clara_voice start`` with only ``env`` set among our and the providers'
-    variables (``None`` removes one); for runs that stop at start."""
-    clean = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CLARA_", "LIVEKIT_", "OPENAI_", "DEEPGRAM_"))
-    }
-    clean |= {k: v for k, v in env.items() if v is not None}
-    return subprocess.run(
-        [sys.executable, "-m", "clara_voice", "start"],
-        cwd=cwd,
-        env=clean,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def other_tasks() -> set[asyncio.Task[object]]:
-    """Every task of the loop except the test's own."""
-    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()}
-
-
-_EVENT_WORK = ("clara.join.", "clara.leave.", "clara.cleanup.", "clara.pipeline_start.")
-
-
-async def settle(*, timeout: float = 2.0) -> None:
-    """Wait until the work the agent spawned for room events has finished (long-lived tasks
-    such as the outbox writer keep running)."""
-    async with asyncio.timeout(timeout):
-        while pending := {t for t in other_tasks() if t.get_name().startswith(_EVENT_WORK)}:
-            await asyncio.wait(pending)
 
 
 class _NoInference:

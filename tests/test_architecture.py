@@ -123,3 +123,20 @@ def test_nothing_in_the_server_imports_the_client() -> None:
 def test_modules_stay_small(name: str) -> None:
     lines = len(modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines (aim: under {MAX_LINES})"
+
+
+def test_the_benchmarks_share_the_test_kit_not_the_tests() -> None:
+    """bench/ uses testkit/ (the fakes, peers and speech the tests use too), never tests/."""
+    bench = PACKAGE.parents[1] / "bench"
+    wrong = []
+    for path in sorted(bench.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            wrong += [f"{path.name} imports {n}" for n in names if n.split(".")[0] == "tests"]
+    assert not wrong, wrong

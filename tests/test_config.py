@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from clara_voice.config import Settings, SettingsError, load_settings
-
-from .conftest import start_clara
+from testkit.worker import start_clara
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -375,7 +375,7 @@ def test_livekit_runs_a_pinned_dev_server_reachable_from_other_containers(
 def test_compose_pins_the_livekit_server_the_tests_build(livekit: dict[str, Any]) -> None:
     """The end-to-end tests run the server version docker-compose runs (one place writes
     it: scripts/livekit-server)."""
-    from tests.e2e.server import server_version
+    from testkit.livekit_server import server_version
 
     assert livekit["image"] == f"livekit/livekit-server:{server_version()}"
 

@@ -15,9 +15,8 @@ from livekit.agents.cli.log import setup_logging
 from clara_voice.config import Settings
 from clara_voice.logging import build_formatter, configure_logging, get_logger
 from clara_voice.worker import entrypoint
-
-from .conftest import settle
-from .fakes import FakeRoom, fake_factory
+from testkit.fakes import FakeRoom, fake_factory
+from testkit.tasks import settle
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, mult
 
 from clara_voice import telemetry
 from clara_voice.voice.messages import TurnMetrics
-
-from .metrics_writer_proc import metrics_writers
+from tests.metrics_writer_proc import metrics_writers
 
 METRIC_NAMES = (
     "clara_active_sessions",

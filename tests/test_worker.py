@@ -26,9 +26,8 @@ from clara_voice.worker import (
     entrypoint,
     prewarm,
 )
-
-from .conftest import settle
-from .fakes import FakeRoom, fake_factory, slow_closing_factory
+from testkit.fakes import FakeRoom, fake_factory, slow_closing_factory
+from testkit.tasks import settle
 
 
 async def run_shutdown_callbacks(ctx: JobContext) -> None:

@@ -14,10 +14,8 @@ from livekit import api
 from livekit.protocol import agent
 
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE
-
-from .loopback_livekit import TERMINAL_JOB_STATUSES, LoopbackLiveKit
-from .metrics_writer_proc import metrics_writers
-from .worker_kit import (
+from testkit.loopback_livekit import TERMINAL_JOB_STATUSES, LoopbackLiveKit
+from testkit.worker import (
     API_KEY,
     API_SECRET,
     DRAIN_BOUND,
@@ -31,6 +29,7 @@ from .worker_kit import (
     running_worker,
     worker_env,
 )
+from tests.metrics_writer_proc import metrics_writers
 
 
 async def test_room_connection_failure_is_one_critical_line_and_the_worker_keeps_serving(

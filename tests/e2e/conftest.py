@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
-from tests.worker_kit import (
+from testkit.livekit_server import LiveKitServer, ServerMissingError
+from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
+from testkit.worker import (
     STARTUP_TIMEOUT,
     WorkerProcess,
     free_port,
@@ -26,8 +27,6 @@ from tests.worker_kit import (
     running_worker,
     worker_env,
 )
-
-from .server import LiveKitServer, ServerMissingError
 
 PRIVATE_NETWORK_HINT = (
     "the end-to-end tests run inside a private network namespace: run them through "

@@ -10,10 +10,10 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from tests.e2e.checks import event, joined, wait_rows
+from testkit.checks import event, joined, wait_rows
+from testkit.human import Human
+from testkit.livekit_server import LiveKitServer
 from tests.e2e.conftest import Providers, StartClara
-from tests.e2e.human import Human
-from tests.e2e.server import LiveKitServer
 
 QUESTIONS = [
     "What is the weather like today",

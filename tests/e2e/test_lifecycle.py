@@ -3,10 +3,10 @@ real worker makes and ends its session."""
 
 from __future__ import annotations
 
-from tests.e2e.checks import event, wait_gauge
+from testkit.checks import event, wait_gauge
+from testkit.human import Human
+from testkit.livekit_server import LiveKitServer
 from tests.e2e.conftest import StartClara
-from tests.e2e.human import Human
-from tests.e2e.server import LiveKitServer
 
 
 async def test_a_joining_client_gets_a_session_and_leaving_cleans_it_up(

@@ -5,27 +5,13 @@ from __future__ import annotations
 
 from livekit import rtc
 
-from tests.e2e.checks import event, joined
+from testkit.checks import event, joined, talk
+from testkit.human import Human
+from testkit.livekit_server import LiveKitServer
 from tests.e2e.conftest import Providers, StartClara
-from tests.e2e.human import Human
-from tests.e2e.server import LiveKitServer
 
 ALICE_REPLY = "Alice, you have two meetings."
 BOB_REPLY = "Bob, it will rain."
-
-
-async def talk(human: Human, text: str, reply: str) -> None:
-    """``human`` says ``text`` and waits for Clara's ``reply``: its transcript and audio."""
-    utterance = human.say(text)
-    await human.wait_until(utterance.ended.is_set, "the utterance was sent")
-    await human.wait_until(
-        lambda: any(t.text == reply for t in human.agent_transcripts()),
-        f"the reply {reply!r}",
-        timeout=20,
-    )
-    await human.wait_until(
-        lambda: human.agent_sound_after(utterance.ended_at or 0.0), "the reply audio"
-    )
 
 
 def agent_track(human: Human, owner: str) -> rtc.RemoteTrackPublication | None:

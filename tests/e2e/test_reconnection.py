@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.audio import speech_wav
-from tests.e2e.checks import event, wait_rows
-from tests.e2e.client_proc import ClientProcess
+from testkit.audio import speech_wav
+from testkit.checks import event, wait_rows
+from testkit.client_proc import ClientProcess
+from testkit.livekit_server import ROOT, LiveKitServer
+from testkit.network import Outage, outage_unavailable
+from testkit.worker import LogLine, WorkerProcess
 from tests.e2e.conftest import Providers, StartClara
-from tests.e2e.network import Outage, outage_unavailable
-from tests.e2e.server import ROOT, LiveKitServer
-from tests.worker_kit import LogLine, WorkerProcess
 
 OUTAGE = 5.0
 StartErin = Callable[[], Awaitable[ClientProcess]]
@@ -46,7 +46,7 @@ async def erin(
 
     async def start() -> ClientProcess:
         room, identity = room_name, "erin"
-        argv = [sys.executable, "-m", "tests.e2e.client_proc", livekit_server.url]
+        argv = [sys.executable, "-m", "testkit.client_proc", livekit_server.url]
         argv += [livekit_server.token(identity, room), room, identity]
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
         env["PYTHONPATH"] = str(ROOT)

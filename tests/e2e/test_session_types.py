@@ -8,10 +8,10 @@ import json
 import pytest
 from livekit import rtc
 
-from tests.e2e.checks import joined
+from testkit.checks import joined
+from testkit.human import Human
+from testkit.livekit_server import LiveKitServer
 from tests.e2e.conftest import Providers, StartClara
-from tests.e2e.human import Human
-from tests.e2e.server import LiveKitServer
 
 
 def user_turns(providers: Providers) -> list[str]:

@@ -6,11 +6,10 @@ import signal
 import time
 from pathlib import Path
 
-from tests.e2e.checks import joined, store_rows
+from testkit.checks import joined, store_rows, talk
+from testkit.human import Human
+from testkit.livekit_server import LiveKitServer
 from tests.e2e.conftest import Providers, StartClara
-from tests.e2e.human import Human
-from tests.e2e.server import LiveKitServer
-from tests.e2e.test_privacy import talk
 
 DRAIN = 1.0
 JOB_SHUTDOWN = 15.0

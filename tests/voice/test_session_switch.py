@@ -19,9 +19,8 @@ from clara_voice.states import SESSION_TYPES, SessionType
 from clara_voice.voice.routing import PTT_METHODS, RPC_END_TURN, RPC_START_TURN
 from clara_voice.voice.seams import VoicePipeline
 from clara_voice.voice.turns import expected_effective
-
-from .fakes import FakeRoom
-from .pipeline_kit import TURN_TIMEOUT, Harness, running_harness, until, user_texts
+from testkit.fakes import FakeRoom
+from testkit.pipeline import TURN_TIMEOUT, Harness, running_harness, until, user_texts
 
 SILENCE_AFTER = 1.5
 """Seconds of microphone silence after an utterance that must not be heard: longer than the

@@ -15,9 +15,8 @@ from pathlib import Path
 from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import load_settings
 from clara_voice.voice.messages import HistoryMessage
-
-from .fakes import FakePipelineFactory, FakeRoom, make_participant, report
-from .outbox_writer_proc import DownBackend
+from testkit.fakes import FakePipelineFactory, FakeRoom, make_participant, report
+from tests.persistence.outbox_writer_proc import DownBackend
 
 CONVERSATION = "conv-crash"
 

@@ -11,9 +11,8 @@ from livekit import rtc
 
 from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import Settings
-
-from .conftest import other_tasks, settle
-from .fakes import FakePipeline, FakePipelineFactory, FakeRoom
+from testkit.fakes import FakePipeline, FakePipelineFactory, FakeRoom
+from testkit.tasks import other_tasks, settle
 
 
 def session_of(agent: ClaraVoiceAgent, identity: str):  # type: ignore[no-untyped-def]

@@ -15,9 +15,8 @@ from clara_voice.config import Settings
 from clara_voice.logging import get_logger
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
 from clara_voice.voice.messages import HistoryMessage
-
-from .conftest import settle
-from .fakes import FakePipelineFactory, FakeRoom, report
+from testkit.fakes import FakePipelineFactory, FakeRoom, report
+from testkit.tasks import settle
 
 LOG = get_logger("clara_voice.test")
 
@@ -97,9 +96,7 @@ def talk(agent: ClaraVoiceAgent, identity: str, *exchanges: tuple[str, str]) -> 
     session = next(s for s in agent.sessions.values() if s.participant_id == identity)
     for user, reply in exchanges:
         report(session, HistoryMessage(role="user", text=user))
-        report(
-            session, HistoryMessage(role="assistant", text=reply, metrics={"e2e_latency": 0.8})
-        )
+        report(session, HistoryMessage(role="assistant", text=reply, metrics={"e2e_latency": 0.8}))
 
 
 async def read_store(settings: Settings, conversation_id: str) -> list[Any]:

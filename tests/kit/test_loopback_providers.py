@@ -1,7 +1,7 @@
 """The REAL livekit OpenAI and Deepgram plugins against the loopback provider peers.
 
 No mocks: ``openai.LLM``/``TTS``/``STT`` and ``deepgram.STT`` build their real requests,
-reach :mod:`tests.loopback_providers` over 127.0.0.1 through their ``base_url`` and parse
+reach :mod:`testkit.loopback_providers` over 127.0.0.1 through their ``base_url`` and parse
 its answers with their own code. Every wait is bounded.
 """
 
@@ -30,8 +30,7 @@ from livekit.agents import (
 )
 from livekit.plugins import deepgram, openai
 
-from .conftest import other_tasks
-from .loopback_providers import (
+from testkit.loopback_providers import (
     DEFAULT_REPLY,
     DEFAULT_TRANSCRIPT,
     LoopbackDeepgram,
@@ -39,6 +38,7 @@ from .loopback_providers import (
     Segment,
     utterance_frames,
 )
+from testkit.tasks import other_tasks
 
 TIMEOUT = 5.0
 NO_RETRY = APIConnectOptions(max_retry=0, timeout=TIMEOUT)

@@ -1,6 +1,6 @@
 """The smoke-test client (clara_voice.client): states, backoff, token, latency, CLI.
 
-Rooms are :class:`tests.fakes.FakeRoom` s made by a factory the client is given (one per
+Rooms are :class:`testkit.fakes.FakeRoom` s made by a factory the client is given (one per
 connect, as with ``rtc.Room``); backoff sleeps are recorded and return at once.
 """
 
@@ -33,8 +33,7 @@ from clara_voice.client.client import (
 )
 from clara_voice.voice.routing import RPC_END_TURN, RPC_START_TURN
 from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
-
-from .fakes import FakeLocalParticipant, FakeRoom, make_participant
+from testkit.fakes import FakeLocalParticipant, FakeRoom, make_participant
 
 URL = "wss://clara.example"
 TOKEN = "token"

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -321,3 +322,22 @@ def assert_clean_output(worker: WorkerProcess, *secrets: str | None) -> None:
     output = worker.all_output()
     for secret in filter(None, secrets):
         assert secret not in output, "a secret was written to the worker's output"
+
+
+def start_clara(cwd: Path, **env: str | None) -> subprocess.CompletedProcess[str]:
+    """``python -m clara_voice start`` with only ``env`` set among our and the providers'
+    variables (``None`` removes one); for runs that stop at start."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CLARA_", "LIVEKIT_", "OPENAI_", "DEEPGRAM_"))
+    }
+    clean |= {k: v for k, v in env.items() if v is not None}
+    return subprocess.run(
+        [sys.executable, "-m", "clara_voice", "start"],
+        cwd=cwd,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -1,4 +1,4 @@
-"""The real-audio helpers (tests/audio.py) against livekit's real pieces: no providers, no room.
+"""The real-audio helpers (testkit/audio.py) against livekit's real pieces: no providers, no room.
 
 espeak-ng renders the speech, livekit's bundled silero VAD (livekit-local-inference) hears it,
 and livekit's own ``AgentSession`` plays through the capture output.
@@ -19,7 +19,7 @@ from livekit.agents import Agent, AgentSession, inference, vad
 from livekit.agents.voice.events import UserStateChangedEvent
 from livekit.agents.voice.speech_handle import INTERRUPTION_TIMEOUT
 
-from .audio import (
+from testkit.audio import (
     CaptureAudioOutput,
     CaptureTextOutput,
     EspeakNotFoundError,
@@ -37,7 +37,7 @@ from .audio import (
     voiced_duration,
     voiced_span,
 )
-from .conftest import other_tasks
+from testkit.tasks import other_tasks
 
 # ~2.6 s of voiced espeak speech at the default 175 wpm; no commas, so no long inner pause
 SENTENCE = "Hello Clara what is the weather like in Paris today"

@@ -22,7 +22,7 @@ from typing import Any
 
 from livekit import rtc
 
-from tests.e2e.human import Human
+from testkit.human import Human
 
 
 class _GivenToken:

@@ -17,8 +17,7 @@ from pydantic import SecretStr
 import clara_voice
 from clara_voice.persistence.base import BackendError, OutboxRecord, RecordKind, StoredMessage
 from clara_voice.persistence.http import RECORD_PATHS, HttpBackend
-
-from .loopback_backend import LoopbackBackend
+from testkit.loopback_backend import LoopbackBackend
 
 TOKEN = "tok-5f1d9c0e-very-secret"
 

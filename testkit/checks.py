@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from clara_voice.persistence.sqlite import DB_FILENAME
-from tests.e2e.human import Human
-from tests.worker_kit import LogLine, WorkerProcess
+from testkit.human import Human
+from testkit.worker import LogLine, WorkerProcess
 
 
 def event(name: str, **fields: Any) -> Callable[[LogLine], bool]:
@@ -77,3 +77,17 @@ async def joined(worker: WorkerProcess, *humans: Human) -> list[LogLine]:
         )
         for h in humans
     ]
+
+
+async def talk(human: Human, text: str, reply: str) -> None:
+    """``human`` says ``text`` and waits for Clara's ``reply``: its transcript and audio."""
+    utterance = human.say(text)
+    await human.wait_until(utterance.ended.is_set, "the utterance was sent")
+    await human.wait_until(
+        lambda: any(t.text == reply for t in human.agent_transcripts()),
+        f"the reply {reply!r}",
+        timeout=20,
+    )
+    await human.wait_until(
+        lambda: human.agent_sound_after(utterance.ended_at or 0.0), "the reply audio"
+    )

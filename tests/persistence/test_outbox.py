@@ -15,8 +15,7 @@ import pytest
 
 from clara_voice.persistence.base import Backend, BackendError, OutboxRecord, StoredMessage
 from clara_voice.persistence.outbox import THREAD_NAME, Outbox, OutboxError
-
-from .conftest import other_tasks
+from testkit.tasks import other_tasks
 
 Mode = Literal["ok", "down", "hang"]
 FAST_RETRY = 0.005

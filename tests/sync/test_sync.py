@@ -32,9 +32,8 @@ from clara_voice.sync.protocol import (
 from clara_voice.sync.service import SessionSync
 from clara_voice.telemetry import ErrorSource
 from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
-
-from .conftest import other_tasks, settle
-from .fakes import FakePipeline, FakePipelineFactory, FakeRoom
+from testkit.fakes import FakePipeline, FakePipelineFactory, FakeRoom
+from testkit.tasks import other_tasks, settle
 
 LOG = get_logger("clara_voice.test_sync")
 

@@ -16,9 +16,8 @@ from clara_voice.voice.privacy import (
     agent_state_attribute,
     busiest_state,
 )
-
-from .fakes import FakeLocalParticipant, FakeRoom
-from .pipeline_kit import until
+from testkit.fakes import FakeLocalParticipant, FakeRoom
+from testkit.pipeline import until
 
 
 class RecordingLocal(FakeLocalParticipant):

@@ -82,8 +82,7 @@ from aiohttp import web
 from livekit import rtc
 
 from clara_voice._lifecycle import AsyncService
-
-from ._peer import PeerHandlers
+from testkit.peer import PeerHandlers
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

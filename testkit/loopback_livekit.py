@@ -41,8 +41,7 @@ from livekit import api
 from livekit.protocol import agent, models
 
 from clara_voice._lifecycle import AsyncService
-
-from ._peer import PeerHandlers
+from testkit.peer import PeerHandlers
 
 T = TypeVar("T")
 

@@ -1,11 +1,12 @@
 """A job process killed with SIGKILL loses no acknowledged record: the next one delivers it.
 
-The first child (``tests/outbox_writer_proc.py``) puts turn records into an outbox whose backend
-is down and prints each key once ``put`` returned; the test kills it mid-stream, then an
-outbox of its own on the same data directory adopts the dead process's file and delivers
-everything to a real :class:`SQLiteBackend`. The second child (``tests/agent_proc.py``)
-runs a real ClaraVoiceAgent mid-conversation, so the whole path (agent → recorder →
-outbox) is killed, and the next job's agent delivers every acknowledged turn once.
+The first child (``tests/persistence/outbox_writer_proc.py``) puts turn records into an
+outbox whose backend is down and prints each key once ``put`` returned; the test kills it
+mid-stream, then an outbox of its own on the same data directory adopts the dead process's
+file and delivers everything to a real :class:`SQLiteBackend`. The second child
+(``tests/agent/agent_proc.py``) runs a real ClaraVoiceAgent mid-conversation, so the whole
+path (agent → recorder → outbox) is killed, and the next job's agent delivers every
+acknowledged turn once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from clara_voice.persistence.base import OutboxRecord, StoredMessage
 from clara_voice.persistence.outbox import Outbox
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SESSIONS = 3
 ACKS_BEFORE_KILL = 150
 
@@ -49,7 +50,7 @@ class CountingBackend:
 
 
 async def run_and_kill(
-    data: Path, stderr_path: Path, *args: str, module: str = "tests.outbox_writer_proc"
+    data: Path, stderr_path: Path, *args: str, module: str = "tests.persistence.outbox_writer_proc"
 ) -> list[str]:
     """Start the writer process, SIGKILL it after some acknowledgements; every key it
     acknowledged, in the order it printed them."""
@@ -132,12 +133,11 @@ async def test_a_worker_killed_mid_conversation_loses_no_acknowledged_turn(
     """The whole path: agent → recorder → outbox, killed; the next job delivers it all."""
     from clara_voice.agent.agent import ClaraVoiceAgent
     from clara_voice.config import load_settings
-
-    from .agent_proc import CONVERSATION
-    from .fakes import FakePipelineFactory, FakeRoom
+    from testkit.fakes import FakePipelineFactory, FakeRoom
+    from tests.agent.agent_proc import CONVERSATION
 
     data = tmp_path / "data"
-    acked = await run_and_kill(data, tmp_path / "agent.stderr", module="tests.agent_proc")
+    acked = await run_and_kill(data, tmp_path / "agent.stderr", module="tests.agent.agent_proc")
     assert len({key.split(":")[1] for key in acked}) == 2  # both sessions were talking
 
     settings = load_settings(data_dir=data, outbox_retry_max=0.05)

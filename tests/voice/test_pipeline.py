@@ -20,11 +20,10 @@ from clara_voice.voice import pipeline as pipeline_module
 from clara_voice.voice._livekit_job import _holds
 from clara_voice.voice.pipeline import LiveKitPipeline
 from clara_voice.voice.routing import RPC_END_TURN, RPC_START_TURN
-
-from .audio import energy
-from .conftest import other_tasks
-from .fakes import FakeRoom
-from .pipeline_kit import TURN_TIMEOUT, Harness, running_harness, spoken, until, user_texts
+from testkit.audio import energy
+from testkit.fakes import FakeRoom
+from testkit.pipeline import TURN_TIMEOUT, Harness, running_harness, spoken, until, user_texts
+from testkit.tasks import other_tasks
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from typing import Self
 
 from livekit import api
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "livekit-server"
 API_KEY = "clara-e2e"
 READY_TIMEOUT = 20.0

@@ -20,8 +20,7 @@ from clara_voice.agent.metrics import PerformanceMetrics
 from clara_voice.config import Settings, load_settings
 from clara_voice.logging import ContextLogger, get_logger
 from clara_voice.telemetry import ErrorSource
-
-from .conftest import other_tasks
+from testkit.tasks import other_tasks
 
 INTERVAL = 0.05
 WAIT = 3.0  # seconds any expected round may take on a loaded machine

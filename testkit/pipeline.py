@@ -26,10 +26,15 @@ from clara_voice.states import SessionType
 from clara_voice.voice.assistant import ClaraAssistant
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
 from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
-
-from .audio import CaptureAudioOutput, CaptureTextOutput, WavAudioInput, load_frames, speech_wav
-from .fakes import FakeRoom, make_participant
-from .loopback_providers import LoopbackDeepgram, LoopbackOpenAI
+from testkit.audio import (
+    CaptureAudioOutput,
+    CaptureTextOutput,
+    WavAudioInput,
+    load_frames,
+    speech_wav,
+)
+from testkit.fakes import FakeRoom, make_participant
+from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
 
 
 @dataclass

@@ -14,9 +14,8 @@ from livekit import rtc
 from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import Settings, load_settings
 from clara_voice.voice.messages import HistoryMessage
-
-from .conftest import other_tasks, settle
-from .fakes import FakePipelineFactory, FakeRoom, report
+from testkit.fakes import FakePipelineFactory, FakeRoom, report
+from testkit.tasks import other_tasks, settle
 
 POOR = rtc.ConnectionQuality.QUALITY_POOR
 LOST = rtc.ConnectionQuality.QUALITY_LOST

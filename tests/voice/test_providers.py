@@ -12,9 +12,8 @@ from livekit.plugins import deepgram, openai
 
 from clara_voice.config import load_settings
 from clara_voice.voice.providers import build_providers, connect_options, missing_keys
-
-from .conftest import start_clara
-from .loopback_providers import LoopbackOpenAI
+from testkit.loopback_providers import LoopbackOpenAI
+from testkit.worker import start_clara
 
 
 def test_the_defaults_need_the_cloud_keys_and_say_which() -> None:

@@ -29,9 +29,8 @@ from typing import Any, TypeVar
 import numpy as np
 from livekit import rtc
 
-from tests.audio import load_frames, speech_wav, voiced_span
-
-from .server import LiveKitServer
+from testkit.audio import load_frames, speech_wav, voiced_span
+from testkit.livekit_server import LiveKitServer
 
 T = TypeVar("T")
 
