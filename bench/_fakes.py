@@ -1,7 +1,7 @@
-"""Zero-latency providers for the benchmarks, built on livekit's own base classes.
+"""Fake providers for the benchmarks, built on livekit's own base classes.
 
-Each one answers at once, so what a benchmark measures is livekit's (and clara_voice's)
-turn handling, not a provider:
+By default each one answers at once, so what a benchmark measures is livekit's (and
+clara_voice's) turn handling, not a provider:
 
 * :class:`FakeSTT` is a batch STT (``streaming=False``): ``AgentSession`` wraps it in
   livekit's ``stt.StreamAdapter``, which segments the audio with the session's VAD and calls
@@ -16,13 +16,38 @@ turn handling, not a provider:
 * :class:`FakeLLM` streams one fixed reply as a single ``ChatChunk``.
 * :class:`FakeTTS` is a batch TTS returning a fixed short tone for any text (livekit wraps
   it in its sentence-splitting ``tts.StreamAdapter``).
+
+Latencies (all default to 0: the behaviour above, unchanged), in seconds of loop (wall)
+time; each is a float, or a ``(low, high)`` range drawn uniformly, once per request, from
+the ``random.Random`` passed as ``rng`` (seed it, and share one between the providers of a
+run, to make a run reproducible):
+
+* ``FakeSTT(final_delay=...)``: between the end of speech as the STT sees it (livekit's
+  ``StreamAdapter`` calling ``recognize`` at the VAD's end of speech) and the final
+  transcript. The transcript is what had been heard when ``recognize`` was called.
+* ``FakeStreamingSTT(final_delay=...)``: between its endpoint (``endpoint_silence`` of
+  audio-time silence, or a flush) and the final transcript + ``END_OF_SPEECH``. The audio
+  loop goes on meanwhile; events keep their order (a ``START_OF_SPEECH`` heard during the
+  delay is sent after the delayed final), as a provider's single connection delivers them.
+* ``FakeLLM(ttft=...)``: before the first chunk of the reply.
+* ``FakeTTS(ttfb=...)``: before the first (and only) audio of each synthesis.
+
+:data:`REALISTIC` holds ranges typical of hosted providers, as keyword arguments per
+provider::
+
+    rng = random.Random(7)
+    FakeSTT(heard, rng=rng, **REALISTIC["stt"])
+    FakeLLM(REPLY, rng=rng, **REALISTIC["llm"])
+    FakeTTS(seconds=0.3, rng=rng, **REALISTIC["tts"])
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from livekit import rtc
@@ -40,6 +65,54 @@ TranscriptSource = Callable[[], str]
 
 TTS_SAMPLE_RATE = 24000
 
+Latency = float | tuple[float, float]
+"""Seconds, or a (low, high) range drawn uniformly from the provider's ``rng``."""
+
+REALISTIC: Final[dict[str, dict[str, Latency]]] = {
+    "stt": {"final_delay": (0.15, 0.30)},  # end of speech -> final transcript
+    "llm": {"ttft": (0.30, 0.60)},  # request -> first token
+    "tts": {"ttfb": (0.10, 0.20)},  # request -> first audio byte
+}
+"""Latencies of hosted providers, as keyword arguments of FakeSTT/FakeStreamingSTT, FakeLLM
+and FakeTTS (each also takes ``rng=``)."""
+
+
+class _Delay:
+    """A provider latency: fixed, or drawn from ``rng`` for each request."""
+
+    def __init__(self, name: str, latency: Latency, rng: random.Random | None) -> None:
+        if isinstance(latency, tuple):
+            if len(latency) != 2:
+                raise ValueError(f"{name} range must be (low, high), got {latency!r}")
+            low, high = float(latency[0]), float(latency[1])
+            if rng is None:
+                raise ValueError(f"{name}={latency!r} is a range: pass rng=random.Random(seed)")
+        else:
+            low = high = float(latency)
+        if not 0 <= low <= high or math.isinf(high):
+            raise ValueError(f"{name} must be seconds >= 0 or a (low, high) range, got {latency!r}")
+        self.low, self.high = low, high
+        self._rng = rng
+        self.drawn: list[float] = []
+        """Every value drawn so far, in order."""
+
+    def __bool__(self) -> bool:
+        return self.high > 0
+
+    def draw(self) -> float:
+        value = self.low
+        if self.high > self.low:
+            assert self._rng is not None
+            value = self._rng.uniform(self.low, self.high)
+        self.drawn.append(value)
+        return value
+
+    @property
+    def label(self) -> str:
+        if self.high == self.low:
+            return f"{round(self.low * 1000)}ms"
+        return f"{round(self.low * 1000)}-{round(self.high * 1000)}ms"
+
 
 def _final(text: str, language: str) -> stt.SpeechEvent:
     return stt.SpeechEvent(
@@ -50,17 +123,25 @@ def _final(text: str, language: str) -> stt.SpeechEvent:
 
 
 class FakeSTT(stt.STT[Any]):
-    """A batch STT whose ``recognize`` returns the scripted transcript instantly."""
+    """A batch STT whose ``recognize`` returns the scripted transcript, ``final_delay`` late."""
 
-    def __init__(self, transcripts: TranscriptSource, *, language: str = "en") -> None:
+    def __init__(
+        self,
+        transcripts: TranscriptSource,
+        *,
+        language: str = "en",
+        final_delay: Latency = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=False, interim_results=False))
         self._transcripts = transcripts
         self._language = language
+        self.final_delay = _Delay("final_delay", final_delay, rng)
         self.requests = 0
 
     @property
     def model(self) -> str:
-        return "fake-batch"
+        return "fake-batch" + (f"-final-{self.final_delay.label}" if self.final_delay else "")
 
     @property
     def provider(self) -> str:
@@ -74,7 +155,16 @@ class FakeSTT(stt.STT[Any]):
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
         self.requests += 1
-        return _final(self._transcripts(), self._language)
+        return await _recognized(self._transcripts, self._language, self.final_delay)
+
+
+async def _recognized(
+    transcripts: TranscriptSource, language: str, delay: _Delay
+) -> stt.SpeechEvent:
+    event = _final(transcripts(), language)  # what was heard when the request came
+    if delay:
+        await asyncio.sleep(delay.draw())
+    return event
 
 
 class FakeStreamingSTT(stt.STT[Any]):
@@ -87,17 +177,21 @@ class FakeStreamingSTT(stt.STT[Any]):
         endpoint_silence: float = 0.3,
         threshold_dbfs: float = -40.0,
         language: str = "en",
+        final_delay: Latency = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         super().__init__(capabilities=stt.STTCapabilities(streaming=True, interim_results=False))
         self._transcripts = transcripts
         self.endpoint_silence = endpoint_silence
         self.threshold_dbfs = threshold_dbfs
         self._language = language
+        self.final_delay = _Delay("final_delay", final_delay, rng)
         self.endpoints = 0
 
     @property
     def model(self) -> str:
-        return f"fake-streaming-endpoint-{round(self.endpoint_silence * 1000)}ms"
+        model = f"fake-streaming-endpoint-{round(self.endpoint_silence * 1000)}ms"
+        return model + (f"-final-{self.final_delay.label}" if self.final_delay else "")
 
     @property
     def provider(self) -> str:
@@ -110,7 +204,7 @@ class FakeStreamingSTT(stt.STT[Any]):
         language: NotGivenOr[str] = NOT_GIVEN,
         conn_options: APIConnectOptions,
     ) -> stt.SpeechEvent:
-        return _final(self._transcripts(), self._language)
+        return await _recognized(self._transcripts, self._language, self.final_delay)
 
     def stream(
         self,
@@ -127,8 +221,33 @@ class _EndpointingStream(stt.RecognizeStream):
         self._owner = owner
         self._speaking = False
         self._silence = 0.0  # audio time since the last voiced frame
+        # with a final_delay: events wait here, in order, until they are due (loop time)
+        self._outbox: utils.aio.Chan[tuple[float, list[stt.SpeechEvent]]] | None = None
+        self._last_due = 0.0
 
     async def _run(self) -> None:
+        if not self._owner.final_delay:
+            await self._listen()
+            return
+        outbox = self._outbox = utils.aio.Chan()
+        deliver_atask = asyncio.create_task(self._deliver(outbox), name="fake_stt_deliver")
+        try:
+            await self._listen()
+            outbox.close()
+            await deliver_atask  # what was endpointed before the input ended still arrives
+        finally:
+            outbox.close()
+            await utils.aio.cancel_and_wait(deliver_atask)
+
+    async def _deliver(self, outbox: utils.aio.Chan[tuple[float, list[stt.SpeechEvent]]]) -> None:
+        loop = asyncio.get_running_loop()
+        async for due, events in outbox:
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            for event in events:
+                self._event_ch.send_nowait(event)
+
+    async def _listen(self) -> None:
         async for item in self._input_ch:
             if isinstance(item, self._FlushSentinel):
                 if self._speaking:  # Deepgram's Finalize: what was heard becomes final
@@ -148,12 +267,20 @@ class _EndpointingStream(stt.RecognizeStream):
         self._speaking = False
         self._owner.endpoints += 1
         text = self._owner._transcripts()
-        if text:
-            self._send(_final(text, self._owner._language))
-        self._send(stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH))
+        events = [_final(text, self._owner._language)] if text else []
+        events.append(stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH))
+        delay = self._owner.final_delay
+        self._send(*events, delay=delay.draw() if delay else 0.0)
 
-    def _send(self, event: stt.SpeechEvent) -> None:
-        self._event_ch.send_nowait(event)
+    def _send(self, *events: stt.SpeechEvent, delay: float = 0.0) -> None:
+        if self._outbox is None:
+            for event in events:
+                self._event_ch.send_nowait(event)
+            return
+        # never before what was sent earlier: one connection delivers in order
+        due = max(asyncio.get_running_loop().time() + delay, self._last_due)
+        self._last_due = due
+        self._outbox.send_nowait((due, list(events)))
 
 
 def _dbfs(frame: rtc.AudioFrame) -> float:
@@ -165,16 +292,19 @@ def _dbfs(frame: rtc.AudioFrame) -> float:
 
 
 class FakeLLM(llm.LLM[Any]):
-    """An LLM that streams ``reply`` at once, as one chunk."""
+    """An LLM that streams ``reply`` as one chunk, ``ttft`` seconds after the request."""
 
-    def __init__(self, reply: str) -> None:
+    def __init__(
+        self, reply: str, *, ttft: Latency = 0.0, rng: random.Random | None = None
+    ) -> None:
         super().__init__()
         self.reply = reply
+        self.ttft = _Delay("ttft", ttft, rng)
         self.requests = 0
 
     @property
     def model(self) -> str:
-        return "fake-llm"
+        return "fake-llm" + (f"-ttft-{self.ttft.label}" if self.ttft else "")
 
     @property
     def provider(self) -> str:
@@ -205,8 +335,11 @@ class _FakeLLMStream(llm.LLMStream):
     ) -> None:
         super().__init__(owner, chat_ctx=chat_ctx, tools=tools, conn_options=conn_options)
         self._reply = owner.reply
+        self._ttft = owner.ttft.draw() if owner.ttft else 0.0
 
     async def _run(self) -> None:
+        if self._ttft:
+            await asyncio.sleep(self._ttft)
         request_id = utils.shortuuid("fake_llm_")
         self._event_ch.send_nowait(
             llm.ChatChunk(
@@ -238,20 +371,27 @@ def tone(seconds: float, *, sample_rate: int = TTS_SAMPLE_RATE, hz: float = 440.
 
 
 class FakeTTS(tts.TTS[Any]):
-    """A batch TTS that returns ``seconds`` of tone for any text, instantly."""
+    """A batch TTS that returns ``seconds`` of tone for any text, ``ttfb`` after the request."""
 
-    def __init__(self, *, seconds: float = 0.3) -> None:
+    def __init__(
+        self,
+        *,
+        seconds: float = 0.3,
+        ttfb: Latency = 0.0,
+        rng: random.Random | None = None,
+    ) -> None:
         super().__init__(
             capabilities=tts.TTSCapabilities(streaming=False),
             sample_rate=TTS_SAMPLE_RATE,
             num_channels=1,
         )
         self.audio = tone(seconds)
+        self.ttfb = _Delay("ttfb", ttfb, rng)
         self.requests = 0
 
     @property
     def model(self) -> str:
-        return "fake-tts"
+        return "fake-tts" + (f"-ttfb-{self.ttfb.label}" if self.ttfb else "")
 
     @property
     def provider(self) -> str:
@@ -268,8 +408,11 @@ class _FakeChunkedStream(tts.ChunkedStream):
     def __init__(self, *, tts: FakeTTS, input_text: str, conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
         self._audio = tts.audio
+        self._ttfb = tts.ttfb.draw() if tts.ttfb else 0.0
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        if self._ttfb:
+            await asyncio.sleep(self._ttfb)
         output_emitter.initialize(
             request_id=utils.shortuuid("fake_tts_"),
             sample_rate=TTS_SAMPLE_RATE,
@@ -281,11 +424,13 @@ class _FakeChunkedStream(tts.ChunkedStream):
 
 
 __all__ = [
+    "REALISTIC",
     "TTS_SAMPLE_RATE",
     "FakeLLM",
     "FakeSTT",
     "FakeStreamingSTT",
     "FakeTTS",
+    "Latency",
     "TranscriptSource",
     "tone",
 ]
