@@ -1,7 +1,7 @@
 """A client participant in a process of its own, for the outage tests.
 
-``python -m tests.e2e.client_proc URL TOKEN ROOM IDENTITY`` joins the room as a
-:class:`~tests.e2e.human.Human` and then reads commands on stdin, one per line:
+``python -m testkit.client_proc URL TOKEN ROOM IDENTITY`` joins the room as a
+:class:`~testkit.human.Human` and then reads commands on stdin, one per line:
 
 * ``say WAV`` — speak the WAV file into the microphone (answers ``said`` with the time
   the speech ended);

@@ -132,22 +132,37 @@ class FakeLocalParticipant:
 
 
 class FakeTextStreamReader:
-    """A chat message as the SDK's TextStreamReader hands it to a handler."""
+    """A chat message as the SDK's TextStreamReader hands it to a handler: its chunks, one
+    at a time (``chunks_read`` counts those taken), and its declared size in bytes when the
+    sender gave one (``declare_size``)."""
 
-    def __init__(self, text: str, topic: str) -> None:
+    CHUNK = 1000
+
+    def __init__(self, text: str, topic: str, *, declare_size: bool = True) -> None:
         self._text = text
+        self.chunks_read = 0
         self.info = rtc.TextStreamInfo(
             stream_id=f"TS_{next(_sids)}",
             mime_type="text/plain",
             topic=topic,
             timestamp=0,
-            size=len(text),
+            size=len(text.encode()) if declare_size else None,
             attributes={},
             attachments=[],
         )
 
     async def read_all(self) -> str:
-        return self._text
+        return "".join([chunk async for chunk in self])
+
+    def __aiter__(self) -> FakeTextStreamReader:
+        return self
+
+    async def __anext__(self) -> str:
+        start = self.chunks_read * self.CHUNK
+        if start >= len(self._text):
+            raise StopAsyncIteration
+        self.chunks_read += 1
+        return self._text[start : start + self.CHUNK]
 
 
 class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
@@ -257,10 +272,14 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
     def unregister_text_stream_handler(self, topic: str) -> None:
         self.text_stream_handlers.pop(topic, None)
 
-    def send_text(self, identity: str, text: str, topic: str = "lk.chat") -> None:
+    def send_text(
+        self, identity: str, text: str, topic: str = "lk.chat", *, declare_size: bool = True
+    ) -> FakeTextStreamReader:
         """``identity`` sends a text stream on ``topic`` (dropped if nobody handles it)."""
+        reader = FakeTextStreamReader(text, topic, declare_size=declare_size)
         if (handler := self.text_stream_handlers.get(topic)) is not None:
-            handler(FakeTextStreamReader(text, topic), identity)
+            handler(reader, identity)
+        return reader
 
     def listener_count(self) -> int:
         return sum(len(callbacks) for callbacks in self._events.values())

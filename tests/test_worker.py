@@ -110,7 +110,7 @@ def _livekit_warning(error: BaseException) -> logging.LogRecord:
     return record
 
 
-def test_connection_failures_become_one_clear_line_and_mark_the_worker_unhealthy(
+def test_connection_failures_become_one_clear_line_and_registration_makes_the_worker_live(
     settings: Settings,
 ) -> None:
     worker = ClaraWorker(settings)
@@ -122,12 +122,16 @@ def test_connection_failures_become_one_clear_line_and_mark_the_worker_unhealthy
     assert line.startswith(f"cannot reach the LiveKit server at {settings.livekit_url}")
     assert "LIVEKIT_URL" in line
     assert "retrying in 4s (retry 3/16)" in line
-    assert not worker.healthy
+    assert not worker.live and not worker.registered
     assert isinstance(worker.last_connection_error, aiohttp.ClientConnectionError)
 
     worker._on_registered("AW_1")
-    assert worker.healthy
-    assert worker.registered
+    assert worker.live and worker.registered
+    assert not worker._connection_failed  # livekit's health endpoint answers 200
+
+    watch.filter(_livekit_warning(aiohttp.ClientConnectionError("connection reset")))
+    assert not worker.registered  # reconnecting: livekit retries, and gives up by exiting
+    assert worker.live and not worker._connection_failed  # the jobs carry on: still live
 
 
 def test_rejected_credentials_name_the_key_variables() -> None:

@@ -1,6 +1,6 @@
-"""The worker's health endpoint and its agents (seed 002), in-process: the LiveKit
-connection and the agents' ``clara_agent_unhealthy`` combine, and reading the metrics
-folder drops the gauges of job processes that ended."""
+"""The worker's health and load and its agents (seed 002), in-process: the agents'
+``clara_agent_unhealthy`` fills the worker's load (never its health endpoint), and reading
+the metrics folder drops the gauges of job processes that ended."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from prometheus_client import Gauge, values
 
@@ -17,8 +16,8 @@ from clara_voice import telemetry
 from clara_voice.config import Settings
 from clara_voice.worker import ClaraWorker
 
-UNHEALTHY = "worker unhealthy: agents fail their health check"
-RECOVERED = "agents pass their health check again"
+TROUBLE = "worker takes no new jobs: agents fail their health check"
+RECOVERED = "agents pass their health check again, the worker takes new jobs"
 
 Writer = Callable[[int, float], None]
 
@@ -50,32 +49,30 @@ def write_unhealthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         value_class.close_all_files()
 
 
-def test_the_health_endpoint_is_503_while_either_livekit_or_an_agent_says_so(
+def test_an_agent_in_trouble_fills_the_workers_load_and_never_its_health_endpoint(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The worker's load (what LiveKit dispatches by) is livekit's CPU measure, or 1.0 while
+    any agent fails its health check; its health endpoint, a liveness probe, only says that
+    the process is up and registered."""
     caplog.set_level(logging.INFO, "clara_voice.worker")
     worker = ClaraWorker(settings)
     worker._on_registered("AW_1")
-    assert worker.healthy
+    assert worker.live and not worker._connection_failed
+    assert worker._load() < 1.0  # this machine's CPU, as livekit measures it
 
     worker._set_agents_health(2)
-    assert not worker.healthy
-    worker._set_agents_health(1)  # still unhealthy: logged once
-    assert messages(caplog) == [UNHEALTHY]
-    unhealthy = next(r for r in caplog.records if r.getMessage() == UNHEALTHY)
-    assert unhealthy.levelno == logging.WARNING
-    assert unhealthy.unhealthy_agents == 2  # type: ignore[attr-defined]
+    assert worker._load() == 1.0  # above any load threshold: no new jobs
+    worker._set_agents_health(1)  # still in trouble: logged once
+    assert messages(caplog) == [TROUBLE]
+    trouble = next(r for r in caplog.records if r.getMessage() == TROUBLE)
+    assert trouble.levelno == logging.WARNING
+    assert trouble.unhealthy_agents == 2  # type: ignore[attr-defined]
+    assert worker.live and not worker._connection_failed
 
-    worker._on_connection_failed(aiohttp.ClientConnectionError("connection refused"))
     worker._set_agents_health(0)
-    assert not worker.healthy  # the agents are fine, the LiveKit connection is not
-    assert messages(caplog) == [UNHEALTHY, RECOVERED]
-    worker._on_registered("AW_1")
-    assert worker.healthy
-
-    worker._set_agents_health(1)
-    worker._on_registered("AW_1")  # registering again does not hide an unhealthy agent
-    assert not worker.healthy
+    assert worker._load() < 1.0
+    assert messages(caplog) == [TROUBLE, RECOVERED]
 
 
 async def test_check_agents_reads_the_folder_and_drops_processes_that_ended(
@@ -89,11 +86,11 @@ async def test_check_agents_reads_the_folder_and_drops_processes_that_ended(
     worker._on_registered("AW_1")
 
     assert await worker.check_agents(tmp_path) == 1
-    assert not worker.healthy
+    assert worker._load() == 1.0
     assert worker.unhealthy_agents == 1
     assert not (tmp_path / f"gauge_livesum_{ended}.db").exists()
     assert (tmp_path / f"gauge_livesum_{alive}.db").exists()
 
     write_unhealthy(alive, 0)  # its agent recovered
     assert await worker.check_agents(tmp_path) == 0
-    assert worker.healthy
+    assert worker._load() < 1.0

@@ -121,9 +121,13 @@ async def test_room_connection_failure_is_one_critical_line_and_the_worker_keeps
             assert not exists(folder), "the worker left its metrics folder behind"
 
 
-async def test_an_unhealthy_agent_turns_the_health_endpoint_503_until_its_process_ends(
+async def test_an_agent_in_trouble_stops_new_jobs_and_never_fails_the_health_endpoint(
     tmp_path: Path,
 ) -> None:
+    """Regression: one loop stall or a backed-up outbox in any job turned the worker's health
+    endpoint to 503, so an orchestrator restarted it and every live call dropped. Now the
+    endpoint stays 200 and the worker declines new jobs (livekit's load mechanism) until
+    the agent is fine again."""
     folder = tmp_path / "prometheus"  # an operator's PROMETHEUS_MULTIPROC_DIR
     async with LoopbackLiveKit(api_key=API_KEY, api_secret=API_SECRET) as peer:
         env = worker_env(
@@ -143,22 +147,31 @@ async def test_an_unhealthy_agent_turns_the_health_endpoint_503_until_its_proces
             # failed its health check does; it then ends without taking it back (a crash)
             async with metrics_writers(folder, {"unhealthy": True}) as (job_process,):
                 turned = await worker.wait_line(
-                    is_event("worker unhealthy: agents fail their health check", "warning"),
-                    "turning unhealthy",
+                    is_event("worker takes no new jobs: agents fail their health check", "warning"),
+                    "taking no new jobs",
                 )
                 assert turned["unhealthy_agents"] == 1
-                status, _ = await worker.health()
-                assert status == 503
+                assert await worker.health() == (200, "OK")  # the process is fine
+                declined = await worker.alongside(
+                    peer.offer_job("clara-room-busy", timeout=STEP_TIMEOUT), "a job offer"
+                )
+                assert not declined.answer.available
                 _, exposition = await worker.metrics()
                 assert "\nclara_agent_unhealthy 1.0\n" in exposition
                 since = len(worker.lines)
                 await job_process.stop()
 
             await worker.wait_line(
-                is_event("agents pass their health check again", "info"),
-                "turning healthy after the process ended",
+                is_event("agents pass their health check again, the worker takes new jobs"),
+                "taking jobs again after the process ended",
                 since=since,
             )
+            peer.rtc_gate.clear()  # hold the job's room connection: only the answer matters
+            accepted = await worker.alongside(
+                peer.offer_job("clara-room-free", timeout=STEP_TIMEOUT), "a job offer"
+            )
+            assert accepted.answer.available
+            peer.rtc_gate.set()
             assert await worker.health() == (200, "OK")
             code, _ = await worker.terminate()
             assert code == 0, worker.tail()

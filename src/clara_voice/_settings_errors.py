@@ -7,9 +7,12 @@ variable, the value given (left out when it may be a secret) and what is wrong w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from pydantic import ValidationError
+
+from clara_voice._redact import redact
 
 
 class SettingsError(Exception):
@@ -40,9 +43,20 @@ def describe(exc: ValidationError, env_names: Mapping[str, str]) -> list[str]:
         hidden = isinstance(given, (dict, list)) or any(
             word in variable.lower() for word in ("secret", "key")
         )
-        shown = "" if hidden else f"={given!r}"
+        shown = "" if hidden else f"={redact(repr(given))}"
         problems.append(f"invalid setting {variable}{shown}: {message}")
     return problems
 
 
-__all__ = ["SettingsError", "describe"]
+def describe_unparsable(exc: Exception, env_names: Mapping[str, str]) -> list[str]:
+    """The line for a value the settings source could not even parse (a list or object
+    setting that is not JSON); the value is not shown, it may hold keys."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else ""
+    variable = env_names.get(field, field.upper() or "a setting")
+    cause = exc.__cause__
+    why = f"not valid JSON ({cause})" if isinstance(cause, ValueError) else str(exc)
+    return [f"invalid setting {variable}: {redact(why)}"]
+
+
+__all__ = ["SettingsError", "describe", "describe_unparsable"]

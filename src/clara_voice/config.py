@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlparse
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -23,16 +20,17 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as UnparsableSetting
 
-from clara_voice._settings_errors import SettingsError, describe
+from clara_voice._provider_specs import LLMSpec, STTProvider, STTSpec, TTSFormat, TTSSpec
+from clara_voice._settings_errors import SettingsError, describe, describe_unparsable
+from clara_voice._urls import check_backend_url, check_livekit_url, is_plain_http_elsewhere
 from clara_voice.states import SessionType
 
 ENV_PREFIX = "CLARA_"
 
 LogFormat = Literal["auto", "json", "console"]
 TurnDetection = Literal["vad", "stt", "eot"]
-STTProvider = Literal["deepgram", "openai"]
-TTSFormat = Literal["pcm", "wav", "mp3", "opus", "aac", "flac"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are Clara, a friendly and concise voice assistant. Your replies are spoken aloud: "
@@ -43,39 +41,6 @@ DEFAULT_APOLOGY = "Sorry, something went wrong on my side. Could you say that ag
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class STTSpec(_Spec):
-    """One speech-to-text provider (the primary one or a fallback)."""
-
-    provider: STTProvider = "deepgram"
-    model: str | None = None
-    language: str = "en"
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-
-
-class LLMSpec(_Spec):
-    """One OpenAI-compatible LLM endpoint."""
-
-    model: str = "gpt-4.1-mini"
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-    temperature: float | None = None
-
-
-class TTSSpec(_Spec):
-    """One OpenAI-compatible speech endpoint."""
-
-    model: str = "gpt-4o-mini-tts"
-    voice: str = "ash"
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-    response_format: TTSFormat = "pcm"
 
 
 class Settings(BaseSettings):
@@ -144,6 +109,19 @@ class Settings(BaseSettings):
         ge=0,
         description="Warm job processes kept ready (default: livekit's, the CPU count).",
     )
+    load_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Load (0-1: CPU, or 1 while an agent is in trouble) from which the worker "
+        "takes no new jobs (default: livekit's, 0.7 with `start`, none with `dev`).",
+    )
+    job_memory_warn_mb: float = Field(
+        default=1000, gt=0, description="A job process using more memory (MB) is logged."
+    )
+    job_memory_limit_mb: float = Field(
+        default=0, ge=0, description="A job process using more memory (MB) is ended (0: never)."
+    )
 
     # -- sessions ---------------------------------------------------------------------------
     health_check_interval: PositiveSeconds = Field(
@@ -196,13 +174,20 @@ class Settings(BaseSettings):
     backend_token: SecretStr | None = Field(
         default=None, description="Bearer token sent to the HTTP backend."
     )
+    backend_allow_insecure_http: bool = Field(
+        default=False,
+        description="Send the token over plain `http://` to a host other than this machine.",
+    )
     backend_timeout: PositiveSeconds = Field(
         default=5.0, description="Seconds before an HTTP backend request counts as failed."
     )
     history_messages: int = Field(
         default=20,
         ge=0,
-        description="Messages of a known conversation loaded as context when a job starts.",
+        description="Last messages of the conversation a new session continues from.",
+    )
+    summary_messages: int = Field(
+        default=20, ge=0, description="Messages a session's summary repeats (its last ones)."
     )
     outbox_flush_timeout: PositiveSeconds = Field(
         default=5.0,
@@ -322,12 +307,9 @@ class Settings(BaseSettings):
     @field_validator("livekit_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        parsed = urlparse(value)
-        if parsed.scheme not in ("ws", "wss", "http", "https") or not parsed.netloc:
-            raise ValueError("must be a ws://, wss://, http:// or https:// URL with a host")
-        return value
+        return check_livekit_url(value)
 
-    @field_validator("prometheus_port", "num_idle_processes", mode="before")
+    @field_validator("prometheus_port", "num_idle_processes", "load_threshold", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -335,14 +317,7 @@ class Settings(BaseSettings):
     @field_validator("backend_url")
     @classmethod
     def _check_backend_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        parsed = urlparse(value)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        if parsed.username or parsed.password or parsed.query or parsed.fragment:
-            raise ValueError("must not carry credentials, a query or a fragment")
-        return value.rstrip("/")
+        return None if value is None else check_backend_url(value)
 
     @field_validator("livekit_api_secret")
     @classmethod
@@ -355,7 +330,19 @@ class Settings(BaseSettings):
     def _check_backend(self) -> Settings:
         if self.backend == "http" and not self.backend_url:
             raise ValueError("CLARA_BACKEND=http needs CLARA_BACKEND_URL")
+        if self.backend_token_in_clear() and not self.backend_allow_insecure_http:
+            raise ValueError(
+                "CLARA_BACKEND_URL is plain http:// to another host: CLARA_BACKEND_TOKEN "
+                "would cross the network readable; use https://, or set "
+                "CLARA_BACKEND_ALLOW_INSECURE_HTTP=true"
+            )
         return self
+
+    def backend_token_in_clear(self) -> bool:
+        """Whether the backend's token goes over plain http to a host that is not this one."""
+        if self.backend != "http" or not self.backend_url or self.backend_token is None:
+            return False
+        return is_plain_http_elsewhere(self.backend_url)
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -372,11 +359,13 @@ def load_settings(**overrides: Any) -> Settings:
     tests and the benchmarks use them.
     """
     init = {_init_key(name): value for name, value in overrides.items()}
+    names = {name: Settings.env_name(name) for name in Settings.model_fields}
     try:
         return Settings(**init)
     except ValidationError as exc:
-        names = {name: Settings.env_name(name) for name in Settings.model_fields}
         raise SettingsError(describe(exc, names)) from None
+    except UnparsableSetting as exc:  # e.g. CLARA_LLM_FALLBACKS that is not JSON
+        raise SettingsError(describe_unparsable(exc, names)) from None
 
 
 def _init_key(field: str) -> str:

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from clara_voice._redact import redact_value
+
 RenderFormat = Literal["json", "console"]
 
 # context keys whose values never reach a log line
@@ -49,6 +51,10 @@ def get_logger(name: str, **context: Any) -> ContextLogger:
 def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     for key in _REDACTED_KEYS.intersection(event_dict):
         event_dict[key] = "**********"
+    # a secret inside a URL (user:pass@, ?token=) is hidden wherever it appears
+    for key, value in event_dict.items():
+        if key != "_record" and isinstance(value, str | list | tuple | dict):
+            event_dict[key] = redact_value(value)
     return event_dict
 
 
@@ -81,10 +87,10 @@ def build_formatter(fmt: RenderFormat) -> logging.Formatter:
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(default=str, ensure_ascii=False)
-        final = [structlog.processors.format_exc_info, renderer]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
-        final = [renderer]
+    # tracebacks as text, redacted like everything else (an error may quote a URL)
+    final = [structlog.processors.format_exc_info, _redact, renderer]
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=pre_chain,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
@@ -110,5 +116,20 @@ def configure_logging(*, level: str, fmt: RenderFormat, stream: Any = None) -> l
     root.addHandler(handler)
     root.setLevel(level)
     logging.captureWarnings(True)  # warnings become log lines, not stray stderr text
-    logging.getLogger("clara_voice").setLevel(level)
+    for name in LEVELLED_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    _set_plugin_levels(level)
     return handler
+
+
+LEVELLED_LOGGERS = ("clara_voice", "livekit", "livekit.agents", "livekit.plugins")
+"""Loggers set to ``CLARA_LOG_LEVEL``: ours, and livekit's (its CLI sets livekit.agents and
+each plugin's logger to its own ``--log-level`` before our code runs)."""
+
+
+def _set_plugin_levels(level: str) -> None:
+    from livekit.agents import Plugin
+
+    for plugin in Plugin.registered_plugins:
+        if plugin.logger is not None:
+            plugin.logger.setLevel(level)

@@ -123,8 +123,8 @@ OUTBOX_PENDING = Gauge(
 _UNHEALTHY_NAME = "clara_agent_unhealthy"
 AGENT_UNHEALTHY = Gauge(
     _UNHEALTHY_NAME,
-    "Agents whose last health check failed (the worker's health endpoint answers 503 "
-    "while this is above 0).",
+    "Agents whose last health check failed (while this is above 0 the worker takes no new "
+    "jobs: its load reads 1.0).",
     multiprocess_mode="livesum",
 )
 

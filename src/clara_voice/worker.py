@@ -7,9 +7,17 @@ ClaraVoiceAgent for the room and registers its ``aclose`` with the job's shutdow
 
 The worker also says clearly when it cannot reach LiveKit: livekit retries the connection
 with backoff and logs a terse warning; :class:`_ConnectionWatch` turns each one into one
-line naming the URL and the variable to set. The health endpoint answers 503 until the
-worker is registered, whenever its connection to LiveKit is lost, and while any agent in
-any job process fails its health check (seed 002).
+line naming the URL and the variable to set.
+
+Health (seed 002), for an orchestrator that restarts what fails its liveness probe: the
+health endpoint (livekit's ``GET /``) says whether the *process* is alive. It answers 503
+from start until the worker has registered with LiveKit, then 200 for as long as the
+process runs; livekit exits the process when it gives up reconnecting. Trouble inside a job
+never fails it: restarting the worker would drop every live call. An agent in trouble
+(its loop stalled, its outbox backed up) instead makes the worker take no new jobs, through
+livekit's load mechanism: the worker's load is livekit's own CPU measure, or 1.0 while any
+agent fails its health check, and LiveKit sends jobs only to workers under
+``CLARA_LOAD_THRESHOLD``.
 
 Metrics: livekit's Prometheus endpoint (``CLARA_PROMETHEUS_PORT``) in multiprocess mode, so
 it serves the job processes' metrics (:mod:`clara_voice.telemetry`) next to livekit's own.
@@ -33,6 +41,12 @@ from livekit.agents.cli import AgentsConsole
 from livekit.agents.utils import aio
 
 from clara_voice import telemetry
+from clara_voice._livekit_worker import (
+    connection_failure,
+    default_load,
+    is_give_up_traceback,
+    set_live,
+)
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from clara_voice.config import Settings
 from clara_voice.logging import RenderFormat, configure_logging, get_logger
@@ -60,6 +74,8 @@ class ClaraWorker(AgentServer):
         extra: dict[str, Any] = {}
         if settings.num_idle_processes is not None:
             extra["num_idle_processes"] = settings.num_idle_processes
+        if settings.load_threshold is not None:
+            extra["load_threshold"] = settings.load_threshold
         super().__init__(
             ws_url=settings.livekit_url,
             api_key=settings.livekit_api_key,
@@ -73,6 +89,10 @@ class ClaraWorker(AgentServer):
             shutdown_process_timeout=settings.job_shutdown_timeout,
             setup_fnc=partial(prewarm, settings=settings),
             prometheus_port=settings.prometheus_port,
+            log_level=settings.log_level,  # the job processes' level too
+            job_memory_warn_mb=settings.job_memory_warn_mb,
+            job_memory_limit_mb=settings.job_memory_limit_mb,
+            load_fnc=self._load,
             **extra,
         )
         self.settings = settings
@@ -83,16 +103,23 @@ class ClaraWorker(AgentServer):
         """The multiprocess metrics folder, while the worker runs."""
         self.unhealthy_agents = 0
         """Agents whose last health check failed, as of the last read."""
-        self._livekit_ok = True
-        self._agents_ok = True
+        self.live = False
+        """What the health endpoint says: the worker has registered with LiveKit."""
+        self._cpu_load = default_load()
         self.rtc_session(partial(entrypoint, settings=settings), on_session_end=end_of_job)
         self.on("worker_registered", self._on_registered)
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
         if not AgentsConsole.get_instance().enabled:  # console mode keeps livekit's TUI
             configure_logging(level=self.settings.log_level, fmt=self._log_format(devmode))
+        if self.settings.backend_token_in_clear():
+            log.warning(
+                "CLARA_BACKEND_TOKEN goes to the backend over plain http, readable on the way "
+                "(CLARA_BACKEND_ALLOW_INSECURE_HTTP=true)",
+                extra={"backend_url": self.settings.backend_url},
+            )
         if not unregistered:
-            self._set_health(ok=False)  # 503 until registered with the LiveKit server
+            set_live(self, False)  # 503 until registered with the LiveKit server
         watch = _ConnectionWatch(self)
         livekit_logger = logging.getLogger("livekit.agents")
         livekit_logger.addFilter(watch)
@@ -128,38 +155,23 @@ class ClaraWorker(AgentServer):
         finally:
             livekit_logger.removeFilter(watch)
 
-    @property
-    def healthy(self) -> bool:
-        """What the health endpoint reports: False (503) until registered with LiveKit, while
-        the connection is lost, and while an agent fails its health check."""
-        return not self._connection_failed
-
-    def _set_health(self, *, ok: bool) -> None:
-        """The LiveKit connection's side of the health endpoint."""
-        self._livekit_ok = ok
-        self._apply_health()
+    def _load(self) -> float:
+        """The worker's load as LiveKit sees it: livekit's CPU measure, or full while an
+        agent is in trouble (so LiveKit sends new jobs elsewhere)."""
+        return max(self._cpu_load(self), 1.0 if self.unhealthy_agents else 0.0)
 
     def _set_agents_health(self, unhealthy_agents: int) -> None:
-        """The agents' side of the health endpoint: ``unhealthy_agents`` fail their check."""
-        self.unhealthy_agents = unhealthy_agents
-        ok = unhealthy_agents == 0
-        if ok == self._agents_ok:
+        """``unhealthy_agents`` of the worker's agents fail their health check."""
+        was, self.unhealthy_agents = self.unhealthy_agents, unhealthy_agents
+        if bool(was) == bool(unhealthy_agents):
             return
-        self._agents_ok = ok
-        self._apply_health()
-        if ok:
-            log.info("agents pass their health check again", extra={"healthy": self.healthy})
-        else:
+        if unhealthy_agents:
             log.warning(
-                "worker unhealthy: agents fail their health check",
+                "worker takes no new jobs: agents fail their health check",
                 extra={"unhealthy_agents": unhealthy_agents},
             )
-
-    def _apply_health(self) -> None:
-        # livekit's health endpoint answers 503 while this flag is set; livekit itself sets
-        # it only when it gives up, we hold it from the start until registration and while
-        # either side says unhealthy
-        self._connection_failed = not (self._livekit_ok and self._agents_ok)
+        else:
+            log.info("agents pass their health check again, the worker takes new jobs")
 
     async def _watch_agents(self, metrics_dir: Path) -> None:
         ticker = aio.interval(AGENTS_HEALTH_POLL)
@@ -182,7 +194,7 @@ class ClaraWorker(AgentServer):
 
     async def check_agents(self, metrics_dir: Path) -> int:
         """Read how many agents fail their health check (dropping the gauges of ended
-        processes first) and set the health endpoint from it; that number."""
+        processes first), which the worker's load follows; that number."""
 
         def read() -> int:
             telemetry.sweep_dead_processes(metrics_dir)
@@ -193,16 +205,19 @@ class ClaraWorker(AgentServer):
         return unhealthy
 
     def _on_connection_failed(self, error: object) -> None:
+        # the live jobs carry on (their rooms are connections of their own) and livekit
+        # retries, exiting when it gives up: the process stays live meanwhile
         self.registered = False
         self.last_connection_error = error
-        self._set_health(ok=False)
 
     def _on_registered(self, worker_id: str, *_: Any) -> None:
         if self.last_connection_error is not None:
             log.info("connected to the LiveKit server", extra={"url": self.settings.livekit_url})
         self.registered = True
         self.last_connection_error = None
-        self._set_health(ok=True)
+        if not self.live:
+            self.live = True
+            set_live(self, True)
 
     def _log_format(self, devmode: bool) -> RenderFormat:
         if self.settings.log_format == "auto":
@@ -220,15 +235,14 @@ class _ConnectionWatch(logging.Filter):
         self._worker = worker
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.msg if isinstance(record.msg, str) else ""
-        if message == "Error in _connection_task" and _gave_up(record):
+        if is_give_up_traceback(record):
             return False  # the traceback of livekit giving up: ClaraWorker.run says it in a line
-        if not message.startswith("failed to connect to livekit"):
+        failed, error = connection_failure(record)
+        if not failed:
             return True
         url = self._worker.settings.livekit_url
-        error = getattr(record, "error", None)
         self._worker._on_connection_failed(error)
-        retry = self._RETRY.search(message)
+        retry = self._RETRY.search(str(record.msg))
         extra = record.__dict__
         attempt = f" (retry {extra.get('retry_count', '?')}/{extra.get('max_retry', '?')})"
         record.msg = describe_connection_error(url, error) + (
@@ -239,11 +253,6 @@ class _ConnectionWatch(logging.Filter):
         if isinstance(error, BaseException):
             record.error = f"{type(error).__name__}: {error}"
         return True
-
-
-def _gave_up(record: logging.LogRecord) -> bool:
-    exc = record.exc_info[1] if record.exc_info else None
-    return isinstance(exc, RuntimeError) and "failed to connect to livekit" in str(exc)
 
 
 def describe_connection_error(url: str, error: object) -> str:

@@ -16,6 +16,7 @@ from clara_voice.logging import get_logger
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
 from clara_voice.voice.messages import HistoryMessage
 from testkit.fakes import FakePipelineFactory, FakeRoom, report
+from testkit.pipeline import until
 from testkit.tasks import settle
 
 LOG = get_logger("clara_voice.test")
@@ -234,3 +235,73 @@ async def test_saving_never_waits_for_a_slow_or_dead_backend(
     await agent2.aclose()
     stored = await read_store(settings, agent.conversation.conversation_id)
     assert [m.text for m in stored] == [t for i in range(50) for t in (f"q{i}", f"a{i}")]
+
+
+async def test_a_participant_who_leaves_and_comes_back_continues_from_what_was_said(
+    settings: Settings, factory: FakePipelineFactory
+) -> None:
+    """Regression: history was loaded once at job start, so a participant who left on
+    purpose and rejoined in the same job started without what had been said since."""
+    room = FakeRoom("study", metadata=json.dumps({"conversation_id": "conv-r"}))
+    agent = await run_agent(room, settings, factory)
+    room.join("alice")
+    await settle()
+    talk(agent, "alice", ("remember the blue door", "noted"))
+    room.leave("alice")
+    await settle()
+    room.join("alice")
+    await settle()
+    (session,) = agent.sessions.values()
+    assert [m.text for m in session.earlier_messages] == ["remember the blue door", "noted"]
+    await agent.aclose()
+
+
+async def test_a_room_switched_to_another_conversation_loads_that_conversations_history(
+    settings: Settings, factory: FakePipelineFactory
+) -> None:
+    """Regression: a room-metadata switch to another conversation kept the first one's
+    history for the sessions that started after it."""
+    other = FakeRoom("den", metadata=json.dumps({"conversation_id": "conv-b"}))
+    earlier = await run_agent(other, settings, FakePipelineFactory())
+    other.join("bob")
+    await settle()
+    talk(earlier, "bob", ("the code is 42", "got it"))
+    await earlier.aclose()
+
+    room = FakeRoom("den", metadata=json.dumps({"conversation_id": "conv-a"}))
+    agent = await run_agent(room, settings, factory)
+    room.emit("room_metadata_changed", room.metadata, json.dumps({"conversation_id": "conv-b"}))
+    await until(
+        lambda: agent.conversation.earlier_messages, timeout=5, what="conv-b's history loaded"
+    )
+    room.join("carol")
+    await settle()
+    (session,) = agent.sessions.values()
+    assert [m.text for m in session.earlier_messages] == ["the code is 42", "got it"]
+    await agent.aclose()
+
+
+async def test_a_long_sessions_summary_stays_small(
+    settings: Settings, factory: FakePipelineFactory
+) -> None:
+    """Regression: each session summary re-embedded the whole message history, so records
+    grew without bound; the turns are stored one by one already."""
+    import sqlite3
+
+    room = FakeRoom("hall", metadata=json.dumps({"conversation_id": "conv-long"}))
+    agent = await run_agent(room, settings, factory)
+    room.join("alice")
+    await settle()
+    talk(agent, "alice", *[(f"question {n}", f"answer {n}") for n in range(40)])
+    room.leave("alice")
+    await settle()
+    await agent.aclose()
+
+    with sqlite3.connect(settings.data_dir / DB_FILENAME) as db:
+        db.row_factory = sqlite3.Row
+        (summary,) = db.execute("SELECT * FROM sessions").fetchall()
+    messages = json.loads(summary["messages"])
+    assert summary["message_count"] == 80
+    assert (summary["first_seq"], summary["last_seq"]) == (0, 79)
+    assert len(messages) == settings.summary_messages == 20
+    assert messages[-1]["text"] == "answer 39"

@@ -15,6 +15,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from livekit import rtc
 
+from clara_voice._ratelimit import TokenBucket
 from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.agent.registry import SessionRegistry
 from clara_voice.agent.session import ParticipantSession, new_session_id
@@ -27,7 +28,6 @@ from clara_voice.sync.protocol import (
     SESSION_ATTRIBUTE_PREFIX,
     SYNC_TOPIC,
     SessionConfig,
-    TokenBucket,
 )
 from clara_voice.sync.service import SessionSync
 from clara_voice.telemetry import ErrorSource

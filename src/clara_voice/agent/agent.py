@@ -91,7 +91,9 @@ class ClaraVoiceAgent:
                 retry_max=settings.outbox_retry_max,
                 on_error=lambda: self.count_error("persistence"),
             )
-        self.conversation = Conversation(room, recorder=recorder, log=log)
+        self.conversation = Conversation(
+            room, recorder=recorder, log=log, summary_messages=settings.summary_messages
+        )
         self._reconnection = Reconnection(
             room, self.registry, self.metrics, settings, log, end_session=self.end_session_soon
         )

@@ -6,12 +6,14 @@ memory into ``PerformanceMetrics.memory_usage``, decide whether the agent is hea
 the agent's gauges (:mod:`clara_voice.telemetry`) and log one summary line,
 ``Health check - Sessions: X, Errors: Y, Memory: Z MB``.
 
-The agent is unhealthy when its event loop lags (some synchronous work holds the loop, so
-audio stutters and turns stall) by more than ``unhealthy_loop_lag``, or when its outbox
+The agent is unhealthy when its event loop stalled (some synchronous work held the loop, so
+audio stuttered and turns stalled) for more than ``unhealthy_loop_lag``, or when its outbox
 holds more than ``unhealthy_outbox_pending`` undelivered records (the backend has been down
-for long). The lag is measured by a small ticker task: how late its timer fired, the worst
-since the previous round. An unhealthy agent sets ``clara_agent_unhealthy``, which the
-worker process reads to answer 503 on its health endpoint.
+for long). The stalls are livekit's own measure: the loop monitor it runs in every job
+process (:mod:`clara_voice.agent._livekit_loop`), the worst since the previous round. An
+unhealthy agent sets ``clara_agent_unhealthy``, which the worker process reads: while any
+agent is unhealthy the worker takes no new jobs (its health endpoint, a liveness probe,
+is not affected: restarting it would drop every live call).
 
 A round that fails is logged and counted (error source ``health``) and the next one runs.
 The monitor is given the sessions (a :class:`SessionSource`, whose events keep the session
@@ -32,6 +34,7 @@ from livekit.agents.utils import aio
 
 from clara_voice import telemetry
 from clara_voice._lifecycle import AsyncService
+from clara_voice.agent._livekit_loop import LoopStalls
 from clara_voice.agent.metrics import PerformanceMetrics
 from clara_voice.config import Settings
 from clara_voice.logging import ContextLogger, get_logger
@@ -39,10 +42,6 @@ from clara_voice.telemetry import ErrorSource
 
 SUMMARY_FORMAT = "Health check - Sessions: {sessions}, Errors: {errors}, Memory: {memory:.1f} MB"
 STUCK_FORMAT = "Session {session_id} has been active for over {minutes} minutes."
-
-MAX_LAG_TICK = 0.25
-"""Longest period of the loop-lag ticker (seconds); half the lag bound when that is smaller."""
-MIN_LAG_TICK = 0.02
 
 
 class SessionView(Protocol):
@@ -78,8 +77,8 @@ class HealthReport:
     errors: int
     reconnections: int
     memory_mb: float
-    loop_lag: float
-    """Worst event-loop lag since the previous round, in seconds."""
+    loop_lag: float | None
+    """Worst event-loop stall since the previous round, in seconds (None: not measured)."""
     outbox_pending: int | None
     stuck_sessions: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
@@ -118,16 +117,14 @@ class HealthMonitor(AsyncService):
         self._stuck_after = settings.stuck_session_threshold
         self._max_lag = settings.unhealthy_loop_lag
         self._max_pending = settings.unhealthy_outbox_pending
-        self._lag_tick = min(MAX_LAG_TICK, max(MIN_LAG_TICK, settings.unhealthy_loop_lag / 2))
         self._log = log or get_logger("clara_voice.health")
         self._gauges = telemetry.AgentGauges()
-        self._worst_lag = 0.0
+        self._stalls: LoopStalls | None = None
         self.healthy = True
         self.last_report: HealthReport | None = None
         self.rounds = 0
         """Rounds that completed (failed rounds not included)."""
         self._round_atask: asyncio.Task[None] | None = None
-        self._lag_atask: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
 
@@ -143,7 +140,7 @@ class HealthMonitor(AsyncService):
         for event in _SESSION_EVENTS:
             self._sessions.on(event, self._on_sessions_changed)
         self.sessions_changed()
-        self._lag_atask = asyncio.create_task(self._measure_lag(), name="clara.health.loop_lag")
+        self._stalls = LoopStalls()
         self._round_atask = asyncio.create_task(self._run(), name="clara.health.rounds")
 
     async def aclose(self) -> None:
@@ -154,9 +151,11 @@ class HealthMonitor(AsyncService):
         if self._started:
             for event in _SESSION_EVENTS:
                 self._sessions.off(event, self._on_sessions_changed)
-        tasks = [t for t in (self._round_atask, self._lag_atask) if t is not None]
-        await aio.cancel_and_wait(*tasks)
-        self._round_atask = self._lag_atask = None
+        if self._round_atask is not None:
+            await aio.cancel_and_wait(self._round_atask)
+        self._round_atask = None
+        if self._stalls is not None:
+            self._stalls.close()
         self._gauges.clear()
 
     def sessions_changed(self) -> None:
@@ -173,10 +172,10 @@ class HealthMonitor(AsyncService):
         metrics = self._metrics
         stuck = self._stuck_sessions()
         metrics.memory_usage = telemetry.process_memory_mb()
-        lag, self._worst_lag = self._worst_lag, 0.0
+        lag = self._stalls.take() if self._stalls is not None else None
         pending = self._outbox_pending()
         reasons: list[str] = []
-        if lag > self._max_lag:
+        if lag is not None and lag > self._max_lag:
             reasons.append(f"event loop lag {lag * 1000:.0f} ms > {self._max_lag * 1000:.0f} ms")
         if pending is not None and pending > self._max_pending:
             reasons.append(f"outbox pending {pending} > {self._max_pending}")
@@ -213,18 +212,6 @@ class HealthMonitor(AsyncService):
                     self._count_error("health")
                 except Exception as count_exc:
                     self._log.error("could not count the failed health check", exc_info=count_exc)
-
-    async def _measure_lag(self) -> None:
-        # how late a short timer fires is how long the loop was held by something else
-        loop = asyncio.get_running_loop()
-        ticker = aio.interval(self._lag_tick)
-        await ticker.tick()
-        expected = loop.time() + self._lag_tick
-        while True:
-            await ticker.tick()
-            now = loop.time()
-            self._worst_lag = max(self._worst_lag, now - expected)
-            expected = now + self._lag_tick
 
     def _stuck_sessions(self) -> tuple[str, ...]:
         minutes = f"{self._stuck_after / 60:g}"
@@ -265,7 +252,7 @@ class HealthMonitor(AsyncService):
             "reconnections": report.reconnections,
             "memory_mb": round(report.memory_mb, 1),
             "healthy": report.healthy,
-            "loop_lag_ms": round(report.loop_lag * 1000, 1),
+            "loop_lag_ms": None if report.loop_lag is None else round(report.loop_lag * 1000, 1),
             "outbox_pending": report.outbox_pending,
         }
         if report.reasons:

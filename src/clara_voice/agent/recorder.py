@@ -73,21 +73,26 @@ class ConversationRecorder:
             )
         if not context.known or history == 0:
             return []
+        return await self.recent_messages(self.conversation_id, history)
+
+    async def recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
+        """The conversation's last ``limit`` messages from the backend (bounded by
+        ``START_TIMEOUT``); none, with a warning, when the backend fails."""
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                earlier = await self._backend.get_recent_messages(self.conversation_id, history)
+                earlier = await self._backend.get_recent_messages(conversation_id, limit)
         except Exception as exc:
             self._on_error()
             self._log.warning(
                 "could not load the conversation's earlier messages, starting without them",
-                extra={"conversation_id": self.conversation_id, "error": _short(exc)},
+                extra={"conversation_id": conversation_id, "error": _short(exc)},
             )
             return []
         self._log.info(
             "conversation continued",
-            extra={"conversation_id": self.conversation_id, "earlier_messages": len(earlier)},
+            extra={"conversation_id": conversation_id, "earlier_messages": len(earlier)},
         )
-        return earlier
+        return earlier[-limit:]
 
     def participant_event(self, state: ParticipantState, event: str) -> None:
         at = state.left_at if event == "disconnected" and state.left_at else state.joined_at
@@ -116,9 +121,13 @@ class ConversationRecorder:
         )
 
     def session_summary(
-        self, session: ParticipantSession, participants: list[ParticipantState]
+        self, session: ParticipantSession, participants: list[ParticipantState], *, last: int
     ) -> None:
+        """The session's summary: counts, participants, times, the range of its turns (each
+        is a record of its own) and its last ``last`` messages, so it stays small however
+        long the session was."""
         ended = datetime.now(UTC)
+        count = len(session.history)
         self._put(
             "session",
             f"session:{session.session_id}",
@@ -127,7 +136,9 @@ class ConversationRecorder:
                 "participant": session.participant_id,
                 "message_count": session.message_count,
                 "participants": [p.as_record() for p in participants],
-                "messages": [m.as_record() for m in session.history],
+                "messages": [m.as_record() for m in session.history[-last:]] if last else [],
+                "first_seq": 0 if count else None,
+                "last_seq": count - 1 if count else None,
                 "started_at": session.start_time.isoformat(),
                 "ended_at": ended.isoformat(),
                 "duration_s": round((ended - session.start_time).total_seconds(), 3),

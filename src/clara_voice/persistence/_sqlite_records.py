@@ -84,8 +84,9 @@ def prepare(record: OutboxRecord) -> Insert:
         ended_at = field.time("ended_at")
         return Insert(
             "INSERT INTO sessions (record_key, session_id, conversation_id, room, participant,"
-            " message_count, participants, messages, started_at, ended_at, duration_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_key) DO NOTHING",
+            " message_count, participants, messages, started_at, ended_at, duration_s,"
+            " first_seq, last_seq)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_key) DO NOTHING",
             (
                 record.key,
                 field.text("session_id"),
@@ -98,6 +99,8 @@ def prepare(record: OutboxRecord) -> Insert:
                 field.time("started_at"),
                 ended_at,
                 field.number("duration_s"),
+                field.optional_integer("first_seq"),
+                field.optional_integer("last_seq"),
             ),
             conversation_id=conversation_id,
             room=room,
@@ -129,6 +132,10 @@ class _Fields:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise _malformed(self._record, f"{name} must be a non-negative integer")
         return value
+
+    def optional_integer(self, name: str) -> int | None:
+        """A non-negative integer, or None when missing or null (older records have none)."""
+        return None if self._payload.get(name) is None else self.integer(name)
 
     def number(self, name: str) -> float:
         value = self._get(name)

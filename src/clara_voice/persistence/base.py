@@ -32,11 +32,17 @@ RECORD_KINDS: tuple[RecordKind, ...] = ("turn", "participant", "session")
 
 class BackendError(Exception):
     """A backend call failed. ``retryable`` says whether the same call may succeed later
-    (down, slow, 5xx) or never will (a 4xx refusing the record)."""
+    (down, slow, 5xx) or never will (a 4xx refusing the record); ``status`` is the HTTP
+    status when there was one (401 and 403 mean the credentials are wrong)."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.status = status
+
+    @property
+    def credentials_refused(self) -> bool:
+        return self.status in (401, 403)
 
 
 class OutboxError(Exception):

@@ -45,6 +45,8 @@ RECORD_PATHS: dict[RecordKind, str] = {
 _RETRYABLE_STATUSES = frozenset({401, 403, 408, 429})
 _EXCERPT_CHARS = 200
 _REDACTED = "[redacted]"
+MAX_RESPONSE_BYTES = 1 << 20
+"""The most of a response body read (the history the agent loads is well under it)."""
 
 
 class HttpBackend(AsyncService):
@@ -196,17 +198,21 @@ class HttpBackend(AsyncService):
                 headers=request_headers,
                 allow_redirects=False,  # a redirect is a misconfigured URL, and may leak the token
             ) as response:
-                body = await response.read()
                 status, reason = response.status, response.reason or ""
+                body = await _read_bounded(response.content, MAX_RESPONSE_BYTES)
         except TimeoutError as exc:
             raise self._failed(op, f"no answer within {self._timeout:g} s", retryable=True) from exc
         except aiohttp.ClientError as exc:
             raise self._failed(op, f"{type(exc).__name__}: {exc}", retryable=True) from exc
+        if len(body) > MAX_RESPONSE_BYTES and (200 <= status < 300 or status in accept):
+            if method == "GET" or path == "/agents/joined":  # answers that are read
+                raise self._invalid(op, f"the body is over {MAX_RESPONSE_BYTES} bytes")
+            body = b""  # a delivery only needs the status
         if 200 <= status < 300 or status in accept:
             return status, body
         retryable = status >= 500 or status in _RETRYABLE_STATUSES
         detail = f"HTTP {status} {reason}".rstrip()
-        if excerpt := _excerpt(self._redact(body[:65536].decode("utf-8", errors="replace"))):
+        if excerpt := _excerpt(self._redact(body[:4096].decode("utf-8", errors="replace"))):
             detail += f": {excerpt}"
         raise self._failed(op, detail, retryable=retryable, status=status)
 
@@ -227,7 +233,7 @@ class HttpBackend(AsyncService):
             "backend request failed",
             extra={"request": op, "status": status, "retryable": retryable},
         )
-        return BackendError(message, retryable=retryable)
+        return BackendError(message, retryable=retryable, status=status)
 
     def _invalid(self, op: str, what: str) -> BackendError:
         return self._failed(op, f"invalid response: {what}", retryable=False)
@@ -273,10 +279,20 @@ def idempotency_header(key: str) -> str:
     return quote(key, safe=_HEADER_SAFE, errors="surrogatepass")  # the body refuses those
 
 
+async def _read_bounded(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body, or its first ``limit + 1`` bytes when it is longer (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit and (chunk := await content.read(min(1 << 16, limit + 1 - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _excerpt(text: str) -> str:
     """The start of an error body on one line, short enough for a log line."""
     text = " ".join(text.split())
     return text if len(text) <= _EXCERPT_CHARS else text[: _EXCERPT_CHARS - 1] + "…"
 
 
-__all__ = ["RECORD_PATHS", "HttpBackend", "idempotency_header"]
+__all__ = ["MAX_RESPONSE_BYTES", "RECORD_PATHS", "HttpBackend", "idempotency_header"]

@@ -125,6 +125,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "DROP INDEX messages_by_conversation",
         "CREATE INDEX messages_recent ON messages (conversation_id, at, seq)",
     ),
+    # 3: a session summary names the range of its turns (its messages are the last few only)
+    (
+        "ALTER TABLE sessions ADD COLUMN first_seq INTEGER",
+        "ALTER TABLE sessions ADD COLUMN last_seq INTEGER",
+    ),
 )
 """Schema steps, oldest first: step ``i`` takes the database from version ``i`` to ``i + 1``."""
 

@@ -1,7 +1,7 @@
 """The wire side of session synchronization (seed 003): names, the config, the payloads.
 
 Everything a client sees of :mod:`clara_voice.sync` is defined here, and documented for
-client authors in the README's "Client protocol" section: the :class:`SessionConfig` the agent keeps
+client authors in docs/client-protocol.md: the :class:`SessionConfig` the agent keeps
 per session, the versioned JSON it publishes (agent attributes and the ``clara.sync`` data
 topic), how a change request is parsed, and the per-participant rate limit.
 """
@@ -9,8 +9,7 @@ topic), how a change request is parsed, and the per-participant rate limit.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -214,29 +213,3 @@ def parse_type_request(payload: str) -> TypeRequest:
     if session_id is not None and not isinstance(session_id, str):
         raise RequestError("malformed_request", '"session_id" must be a string')
     return TypeRequest(type=parse_session_type(message["type"]), session_id=session_id)
-
-
-# -- rate limit ----------------------------------------------------------------------------
-
-
-class TokenBucket:
-    """``capacity`` requests at once, then ``rate`` per second."""
-
-    def __init__(
-        self, *, capacity: float, rate: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._capacity = capacity
-        self._rate = rate
-        self._clock = clock
-        self._tokens = capacity
-        self._at = clock()
-
-    def take(self) -> bool:
-        """Spend one token; ``False`` when there is none left."""
-        now = self._clock()
-        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False

@@ -14,18 +14,18 @@ The payloads and error codes are in :mod:`clara_voice.sync.protocol`.
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from livekit import rtc
 
+from clara_voice._ratelimit import RateLimits
 from clara_voice.logging import ContextLogger
 from clara_voice.states import SessionType
 from clara_voice.sync.protocol import (
     RequestError,
     SessionConfig,
-    TokenBucket,
     check_size,
     encode,
     parse_session_type,
@@ -33,8 +33,6 @@ from clara_voice.sync.protocol import (
 )
 from clara_voice.sync.seams import SyncedSession, SyncSessions
 from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
-
-MAX_BUCKETS = 1024
 
 
 class TypeSwitch(Protocol):
@@ -67,17 +65,15 @@ class ChangeRequests:
         self._switch = switch
         self._log = log
         self._rejected = rejected
-        self._rate = (rate_capacity, rate_per_second)
-        self._clock = clock
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._limits = RateLimits(capacity=rate_capacity, rate=rate_per_second, clock=clock)
 
     def forget(self, identity: str) -> None:
         """Drop ``identity``'s rate limit (its session ended)."""
-        self._buckets.pop(identity, None)
+        self._limits.forget(identity)
 
     def clear(self) -> None:
         """Drop every rate limit."""
-        self._buckets.clear()
+        self._limits.clear()
 
     def on_attributes_changed(
         self, changed: Mapping[str, str], participant: rtc.Participant
@@ -132,16 +128,8 @@ class ChangeRequests:
         )
 
     def _admit(self, identity: str) -> None:
-        bucket = self._buckets.get(identity)
-        if bucket is None:
-            capacity, rate = self._rate
-            bucket = self._buckets[identity] = TokenBucket(
-                capacity=capacity, rate=rate, clock=self._clock
-            )
-            while len(self._buckets) > MAX_BUCKETS:
-                self._buckets.popitem(last=False)
-        if not bucket.take():
+        if not self._limits.admit(identity):
             raise RequestError("rate_limited", "too many session changes, try again later")
 
 
-__all__ = ["MAX_BUCKETS", "ChangeRequests", "TypeSwitch"]
+__all__ = ["ChangeRequests", "TypeSwitch"]

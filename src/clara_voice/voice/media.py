@@ -1,17 +1,16 @@
 """How a pipeline reaches its participant's media, and the bundled apology clip.
 
-:class:`~clara_voice.pipeline.LiveKitPipelineFactory` hands each new ``AgentSession`` to a
+:class:`~clara_voice.voice.pipeline.LiveKitPipelineFactory` hands each new ``AgentSession`` to a
 :class:`MediaBinding`, which connects it to one participant's audio and text, starts it and
 returns a :class:`MediaLink` that the pipeline closes with the session. :class:`RoomMedia`
 is the production binding: a livekit ``RoomIO`` per participant, each given a
-:class:`~clara_voice._privacy.ParticipantView` of the room, so that what it publishes and
+:class:`~clara_voice.voice.privacy.ParticipantView` of the room, so that what it publishes and
 sends reaches that participant only. livekit's RoomIO follows its participant's identity
 by itself: when the participant drops and comes back (``close_on_disconnect`` off), or
 publishes a new microphone, its audio input picks the new track up. Tests bind livekit's
 audio and text I/O seams directly. :func:`apology_audio` reads the spoken apology a
 pipeline plays when the TTS itself failed a turn.
 
-The public names are re-exported by :mod:`clara_voice.pipeline`; import them from there.
 """
 
 from __future__ import annotations

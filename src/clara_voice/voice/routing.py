@@ -25,6 +25,7 @@ from livekit import rtc
 from livekit.agents.types import TOPIC_CHAT
 from livekit.agents.utils import aio
 
+from clara_voice._ratelimit import RateLimits
 from clara_voice.logging import ContextLogger
 
 if TYPE_CHECKING:
@@ -35,6 +36,14 @@ RPC_END_TURN = "clara.end_turn"
 RPC_CANCEL_TURN = "clara.cancel_turn"
 PTT_METHODS = (RPC_START_TURN, RPC_END_TURN, RPC_CANCEL_TURN)
 MAX_CHAT_TEXT = 8_000  # characters in one chat message
+CHAT_BURST, CHAT_PER_SECOND = 5.0, 0.5
+"""Chat messages per sender: 5 at once, then one every 2 s (each costs an LLM and a TTS call)."""
+PTT_BURST, PTT_PER_SECOND = 10.0, 2.0
+"""Push-to-talk calls per caller: 10 at once, then 2 a second (a turn takes two)."""
+NOTICE_TOPIC = "clara.notice"
+"""Data topic of the notices the agent sends a participant about its own input."""
+CHAT_RATE_MESSAGE = "Too many messages; wait a moment before sending more."
+CHAT_TOO_LONG_MESSAGE = f"That message is too long (the limit is {MAX_CHAT_TEXT} characters)."
 
 
 class PushToTalk:
@@ -49,6 +58,7 @@ class PushToTalk:
         self._local = local_participant
         self._log = log
         self._sessions: dict[str, AgentSession[Any]] = {}
+        self._limits = RateLimits(capacity=PTT_BURST, rate=PTT_PER_SECOND)
         self._registered = False
         self.calls: dict[str, int] = {}
 
@@ -85,6 +95,12 @@ class PushToTalk:
         agent_session = self._sessions.get(data.caller_identity)
         if agent_session is None:
             raise _refusal("no_session", "no push-to-talk session for this participant")
+        if not self._limits.admit(data.caller_identity):
+            self._log.warning(
+                "push-to-talk call refused: too many",
+                extra={"participant": data.caller_identity[:128], "method": method},
+            )
+            raise _refusal("rate_limited", "too many push-to-talk calls, try again in a moment")
         self.calls[method] = self.calls.get(method, 0) + 1
         if method == RPC_START_TURN:
             try:
@@ -124,13 +140,16 @@ class ChatRouter:
 
     livekit's room input registers one chat handler per room, so with several participants
     only the first one's text would be heard; this router registers once and dispatches by
-    the sender's identity instead.
+    the sender's identity instead. A message is read only up to ``MAX_CHAT_TEXT``
+    characters, and each sender has a rate limit; a refused message is answered with a
+    ``clara.notice`` data packet to its sender (see docs/client-protocol.md).
     """
 
     def __init__(self, room: Any, log: ContextLogger) -> None:
         self._room = room
         self._log = log
         self._handlers: dict[str, TextHandler] = {}
+        self._limits = RateLimits(capacity=CHAT_BURST, rate=CHAT_PER_SECOND)
         self._tasks: set[asyncio.Task[None]] = set()
         self._registered = False
 
@@ -160,21 +179,57 @@ class ChatRouter:
                 extra={"participant": participant_identity[:128]},
             )
             return
-        task = asyncio.create_task(self._read(reader, handler, participant_identity))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if not self._limits.admit(participant_identity):
+            self._refuse(participant_identity, "rate_limited", CHAT_RATE_MESSAGE)
+            return
+        self._spawn(self._read(reader, handler, participant_identity))
 
     async def _read(self, reader: rtc.TextStreamReader, handler: TextHandler, who: str) -> None:
         try:
-            text = await reader.read_all()
-            if len(text) > MAX_CHAT_TEXT:
-                self._log.warning(
-                    "chat text too long, ignored", extra={"participant": who, "chars": len(text)}
-                )
+            text = await read_bounded(reader, MAX_CHAT_TEXT)
+            if text is None:
+                self._refuse(who, "too_long", CHAT_TOO_LONG_MESSAGE)
                 return
             if text.strip():
                 await handler(text)
         except Exception as exc:
             self._log.warning(
-                "failed to handle chat text", extra={"participant": who}, exc_info=exc
+                "failed to handle chat text", extra={"participant": who[:128]}, exc_info=exc
             )
+
+    def _refuse(self, who: str, code: str, message: str) -> None:
+        self._log.warning("chat text refused", extra={"participant": who[:128], "error": code})
+        notice = {"v": 1, "type": "refused", "input": TOPIC_CHAT, "error": code, "message": message}
+        payload = json.dumps(notice, separators=(",", ":"))
+        self._spawn(self._notify(who, payload))
+
+    async def _notify(self, who: str, payload: str) -> None:
+        try:
+            await self._room.local_participant.publish_data(
+                payload, reliable=True, destination_identities=[who], topic=NOTICE_TOPIC
+            )
+        except Exception as exc:
+            self._log.warning(
+                "could not send a notice", extra={"participant": who[:128]}, exc_info=exc
+            )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def read_bounded(reader: rtc.TextStreamReader, limit: int) -> str | None:
+    """The stream's text, or ``None`` as soon as it is known to be over ``limit``
+    characters (the rest is not read)."""
+    declared = reader.info.size
+    if declared is not None and declared > limit * 4:  # the size is in bytes; UTF-8 ≤ 4 each
+        return None
+    chunks: list[str] = []
+    length = 0
+    async for chunk in reader:
+        length += len(chunk)
+        if length > limit:
+            return None
+        chunks.append(chunk)
+    return "".join(chunks)

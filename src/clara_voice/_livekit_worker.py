@@ -1,0 +1,65 @@
+"""livekit-agents internals the worker process has to reach, each in one place.
+
+Where livekit offers no public API for something the worker needs, the dependency lives
+here, with a comment saying why; tests/test_worker_health.py and
+tests/test_worker_process.py fail loudly when a livekit upgrade moves one of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from livekit.agents import AgentServer, WorkerOptions
+
+CONNECT_FAILED_PREFIX = "failed to connect to livekit"
+"""How livekit-agents 1.8 begins the warning it logs before each connection retry."""
+
+
+def set_live(server: AgentServer, live: bool) -> None:
+    """Make livekit's health endpoint (``GET /``) answer 200 (``live``) or 503.
+
+    livekit-agents 1.8's endpoint answers 503 only while its private ``_connection_failed``
+    is set, which livekit itself sets when it gives up connecting; there is no public way to
+    hold it at 503 until the worker has registered for the first time, which is what a
+    startup probe needs to see.
+    """
+    if not hasattr(server, "_connection_failed"):
+        raise AttributeError("livekit's AgentServer no longer has _connection_failed")
+    server._connection_failed = not live
+
+
+def default_load() -> Callable[..., float]:
+    """livekit's own load function (its CPU measurement), as its public options default to:
+    clara_voice adds its agents' trouble to it instead of measuring the CPU a second time."""
+    field = next(f for f in dataclasses.fields(WorkerOptions) if f.name == "load_fnc")
+    load: Callable[..., float] = field.default  # type: ignore[assignment]
+    return load
+
+
+def connection_failure(record: logging.LogRecord) -> tuple[bool, Any]:
+    """Whether ``record`` is livekit's "failed to connect to livekit, retrying" warning, and
+    the error it carries (livekit logs it with ``extra={"error": ...}``)."""
+    message = record.msg if isinstance(record.msg, str) else ""
+    return message.startswith(CONNECT_FAILED_PREFIX), getattr(record, "error", None)
+
+
+def is_give_up_traceback(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is livekit's traceback of giving up (the worker says it in a line)."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return (
+        record.msg == "Error in _connection_task"
+        and isinstance(exc, RuntimeError)
+        and CONNECT_FAILED_PREFIX in str(exc)
+    )
+
+
+__all__ = [
+    "CONNECT_FAILED_PREFIX",
+    "connection_failure",
+    "default_load",
+    "is_give_up_traceback",
+    "set_live",
+]
