@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -330,6 +330,14 @@ def assert_clean_output(worker: WorkerProcess, *secrets: str | None) -> None:
 def start_clara(cwd: Path, **env: str | None) -> subprocess.CompletedProcess[str]:
     """``python -m clara_voice start`` with only ``env`` set among our and the providers'
     variables (``None`` removes one); for runs that stop at start."""
+    return run_clara(cwd, ["start"], **env)
+
+
+def run_clara(
+    cwd: Path, args: Sequence[str], *, timeout: float = 60, **env: str | None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m clara_voice <args>`` to its end, with only ``env`` set among our and the
+    providers' variables (``None`` removes one)."""
     clean = {
         k: v
         for k, v in os.environ.items()
@@ -337,10 +345,10 @@ def start_clara(cwd: Path, **env: str | None) -> subprocess.CompletedProcess[str
     }
     clean |= {k: v for k, v in env.items() if v is not None}
     return subprocess.run(
-        [sys.executable, "-m", "clara_voice", "start"],
+        [sys.executable, "-m", "clara_voice", *args],
         cwd=cwd,
         env=clean,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )

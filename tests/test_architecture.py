@@ -29,7 +29,7 @@ SHARED = {
     "_ratelimit",
 }
 """Modules at the top that every wing may use; they use no wing."""
-ENTRY = {"__main__", "worker", "web", "_livekit_worker"}
+ENTRY = {"__main__", "worker", "web", "outbox_cli", "_livekit_worker"}
 """Modules at the top that use the wings; nothing imports them."""
 MAY_USE: dict[str, set[str]] = {
     "agent": {"voice", "sync", "persistence"},

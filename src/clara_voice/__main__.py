@@ -1,8 +1,9 @@
-"""``python -m clara_voice {start,dev,console,connect,download-files}``.
+"""``python -m clara_voice {start,dev,console,connect,download-files,outbox}``.
 
 Settings are read and validated first: a bad value, or a selected cloud provider without
 its API key, prints one line per variable and exits 2 before anything registers with
-LiveKit. Then livekit's CLI runs over a ClaraWorker.
+LiveKit. Then livekit's CLI runs over a ClaraWorker; ``outbox`` is the operator's look at
+the outbox (:mod:`clara_voice.outbox_cli`).
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ def check_providers(settings: Settings) -> None:
 
 
 def main() -> int:
+    command = sys.argv[1:2]
     try:
         settings = load_settings()
-        if "download-files" not in sys.argv[1:2]:
+        if not {"download-files", "outbox"} & set(command):
             check_providers(settings)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"clara_voice: {problem}", file=sys.stderr)
         return 2
+
+    if command == ["outbox"]:
+        from clara_voice.outbox_cli import main as outbox
+
+        return outbox(sys.argv[2:], settings)
 
     from livekit.agents import cli
 

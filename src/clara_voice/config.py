@@ -197,6 +197,18 @@ class Settings(BaseSettings):
     outbox_retry_max: PositiveSeconds = Field(
         default=30.0, description="Longest pause between delivery attempts to a failing backend."
     )
+    outbox_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        description="Deliveries of a record failing with an unexpected error (not the backend's "
+        "answer) before it goes to the dead letters.",
+    )
+    outbox_max_bytes: int = Field(
+        default=256 << 20,
+        ge=1 << 20,
+        description="Bytes of undelivered records the outbox keeps; when full, new records "
+        "are refused (and logged), the oldest kept.",
+    )
 
     # -- conversation -----------------------------------------------------------------------
     instructions: str = Field(

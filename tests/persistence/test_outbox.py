@@ -108,11 +108,6 @@ async def drained(outbox: Outbox, timeout: float = 5.0) -> None:
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> Path:
-    return tmp_path / "data"
-
-
-@pytest.fixture
 def backend() -> FakeBackend:
     return FakeBackend()
 

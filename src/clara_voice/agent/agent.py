@@ -89,6 +89,8 @@ class ClaraVoiceAgent:
                 log=log,
                 flush_timeout=settings.outbox_flush_timeout,
                 retry_max=settings.outbox_retry_max,
+                max_attempts=settings.outbox_max_attempts,
+                max_bytes=settings.outbox_max_bytes,
                 on_error=lambda: self.count_error("persistence"),
             )
         self.conversation = Conversation(

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clara_voice.logging import ContextLogger
-from clara_voice.persistence.base import Backend, OutboxRecord, RecordKind, StoredMessage
+from clara_voice.persistence.base import (
+    Backend,
+    OutboxError,
+    OutboxRecord,
+    RecordKind,
+    StoredMessage,
+)
 from clara_voice.persistence.outbox import Outbox
 
 if TYPE_CHECKING:
@@ -40,9 +46,18 @@ class ConversationRecorder:
         flush_timeout: float,
         retry_max: float,
         on_error: Callable[[], None],
+        max_attempts: int = 10,
+        max_bytes: int = 256 << 20,
     ) -> None:
         self._backend = backend
-        self._outbox = Outbox(directory, backend, flush_timeout=flush_timeout, retry_max=retry_max)
+        self._outbox = Outbox(
+            directory,
+            backend,
+            flush_timeout=flush_timeout,
+            retry_max=retry_max,
+            max_attempts=max_attempts,
+            max_bytes=max_bytes,
+        )
         self._log = log
         self._on_error = on_error
         self._room = ""
@@ -169,6 +184,11 @@ class ConversationRecorder:
         if future.cancelled() or (exc := future.exception()) is None:
             return
         self._on_error()
+        if isinstance(exc, OutboxError):  # closed or full: said by the outbox, no traceback
+            self._log.error(
+                "could not write a record to the outbox", extra={"key": key, "error": _short(exc)}
+            )
+            return
         self._log.error("could not write a record to the outbox", extra={"key": key}, exc_info=exc)
 
 

@@ -27,44 +27,26 @@ acknowledged record is never lost"). Puts waiting at the same time share one tra
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-from clara_voice.persistence._sqlite_tx import transaction
-from clara_voice.persistence.base import OutboxError, OutboxRecord
-
-SCHEMA_VERSION = 1
-"""``PRAGMA user_version`` of an outbox file."""
-
-_SCHEMA = (
-    # seq orders delivery; AUTOINCREMENT so a deleted seq is never reused by a later record
-    """CREATE TABLE records (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        key TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    )""",
-    """CREATE TABLE dead_letters (
-        key TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        error TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        failed_at TEXT NOT NULL
-    )""",
+from clara_voice.persistence._outbox_schema import (
+    NAME,
+    connect,
+    describe,
+    init_schema,
+    is_current,
+    now,
+    try_lock,
 )
+from clara_voice.persistence._sqlite_tx import transaction
+from clara_voice.persistence.base import RECORD_KINDS, OutboxError, OutboxRecord
+
 _PAGE = 100  # records read per round trip to the thread
-_BUSY_TIMEOUT = 5.0  # seconds SQLite waits for a lock held by another connection
-_NAME = re.compile(r"[0-9a-f]{32}")
-_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -72,6 +54,10 @@ class _Row:
     key: str
     kind: str
     payload: str
+
+    @property
+    def size(self) -> int:
+        return len(self.payload.encode())
 
 
 @dataclass(eq=False)
@@ -89,6 +75,7 @@ class _File:
 class _Adoption:
     name: str
     pending: int = 0
+    pending_bytes: int = 0
     dead_letters: int = 0
     error: str | None = None
 
@@ -96,7 +83,8 @@ class _Adoption:
 @dataclass(frozen=True)
 class _Page:
     file: _File | None
-    rows: list[tuple[int, OutboxRecord]] = field(default_factory=list)
+    rows: list[tuple[int, OutboxRecord, int]] = field(default_factory=list)
+    """(seq, record, payload bytes) in delivery order."""
     retired: list[str] = field(default_factory=list)
 
 
@@ -117,8 +105,8 @@ class _Store:
         try:
             # created private before SQLite opens it; the -wal and -shm files copy its mode
             os.close(os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-            conn = _connect(db_path, create=True)
-            _init_schema(conn)
+            conn = connect(db_path, create=True)
+            init_schema(conn)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -136,7 +124,7 @@ class _Store:
             path = self.directory / f"{name}.lock"
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             # a sweeper may delete a lock file with no .db before we lock it: start over
-            if _try_lock(fd) and _is_current(fd, path):
+            if try_lock(fd) and is_current(fd, path):
                 return name, path, fd
             os.close(fd)
         raise OutboxError("could not lock a new outbox file", retryable=True)
@@ -150,7 +138,7 @@ class _Store:
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 stem, _, suffix = entry.name.partition(".")
-                if not _NAME.fullmatch(stem) or stem in taken:
+                if not NAME.fullmatch(stem) or stem in taken:
                     continue
                 if suffix == "db":
                     with contextlib.suppress(FileNotFoundError):
@@ -163,7 +151,7 @@ class _Store:
                 adoption = self._adopt(name)
             except (OSError, sqlite3.Error, OutboxError) as exc:
                 self._unreadable.add(name)
-                adoption = _Adoption(name, error=_describe(exc))
+                adoption = _Adoption(name, error=describe(exc))
             if adoption is not None:
                 adoptions.append(adoption)
         for name in locks.difference(n for _, n in databases):
@@ -177,7 +165,7 @@ class _Store:
         db_path = self.directory / f"{name}.db"
         lock_path = self.directory / f"{name}.lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        if not (_try_lock(fd) and _is_current(fd, lock_path)):
+        if not (try_lock(fd) and is_current(fd, lock_path)):
             os.close(fd)  # a live process holds it, or it was just deleted
             return None
         if not db_path.exists():  # another sweeper delivered and deleted it meanwhile
@@ -186,9 +174,11 @@ class _Store:
             return None
         conn: sqlite3.Connection | None = None
         try:
-            conn = _connect(db_path, create=False)
-            _init_schema(conn)  # a process killed while creating its file left it empty
-            (pending,) = conn.execute("SELECT count(*) FROM records").fetchone()
+            conn = connect(db_path, create=False)
+            init_schema(conn)  # a process killed while creating its file left it empty
+            pending, pending_bytes = conn.execute(
+                "SELECT count(*), coalesce(sum(length(CAST(payload AS BLOB))), 0) FROM records"
+            ).fetchone()
             dead = conn.execute(
                 "SELECT key, kind, payload, error, created_at, failed_at FROM dead_letters"
             ).fetchall()
@@ -204,9 +194,9 @@ class _Store:
                 conn.close()
             os.close(fd)
             self._unreadable.add(name)
-            return _Adoption(name, error=_describe(exc))
+            return _Adoption(name, error=describe(exc))
         self.adopted.append(_File(name, db_path, lock_path, fd, conn, own=False))
-        return _Adoption(name, pending=pending, dead_letters=len(dead))
+        return _Adoption(name, pending=pending, pending_bytes=pending_bytes, dead_letters=len(dead))
 
     def _remove_stale_lock(self, name: str) -> None:
         # a lock file without its .db: its owner died before creating the file, or after
@@ -217,7 +207,7 @@ class _Store:
         except FileNotFoundError:
             return
         try:
-            if _try_lock(fd) and _is_current(fd, lock_path):
+            if try_lock(fd) and is_current(fd, lock_path):
                 db_path = self.directory / f"{name}.db"
                 if not db_path.exists():
                     for suffix in ("-wal", "-shm"):
@@ -226,17 +216,22 @@ class _Store:
         finally:
             os.close(fd)
 
-    def commit(self, rows: list[_Row]) -> int:
-        """Insert ``rows`` in one transaction; returns how many were new keys."""
+    def commit(self, rows: list[_Row]) -> tuple[int, int]:
+        """Insert ``rows`` in one transaction; how many were new keys, and their bytes."""
         assert self.own is not None
-        created_at = _now()
+        created_at = now()
+        count = size = 0
         with transaction(self.own.conn):
-            cursor = self.own.conn.executemany(
-                "INSERT INTO records (key, kind, payload, created_at) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (key) DO NOTHING",
-                [(r.key, r.kind, r.payload, created_at) for r in rows],
-            )
-        return cursor.rowcount
+            for row in rows:
+                cursor = self.own.conn.execute(
+                    "INSERT INTO records (key, kind, payload, created_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (key) DO NOTHING",
+                    (row.key, row.kind, row.payload, created_at),
+                )
+                if cursor.rowcount:
+                    count += 1
+                    size += row.size
+        return count, size
 
     def next_page(self, delivered: list[tuple[_File, int, str]]) -> _Page:
         """Forget ``delivered``, then the next records to deliver: adopted files first."""
@@ -249,7 +244,11 @@ class _Store:
             ).fetchall()
             if rows:
                 records = [
-                    (seq, OutboxRecord(key=key, kind=kind, payload=json.loads(payload)))
+                    (
+                        seq,
+                        OutboxRecord(key=key, kind=kind, payload=json.loads(payload)),
+                        len(payload.encode()),
+                    )
                     for seq, key, kind, payload in rows
                 ]
                 return _Page(file, records, retired)
@@ -272,7 +271,7 @@ class _Store:
         with transaction(own):
             own.execute(
                 "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
-                (*row[:3], error, row[3], _now()),
+                (*row[:3], error, row[3], now()),
             )
             if file.own:
                 own.execute("DELETE FROM records WHERE seq = ? AND key = ?", (seq, key))
@@ -334,60 +333,15 @@ class _Store:
             os.close(file.lock_fd)
 
 
-def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
-
-    mode = "rwc" if create else "rw"
-    conn = sqlite3.connect(
-        f"{path.as_uri()}?mode={mode}", uri=True, isolation_level=None, timeout=_BUSY_TIMEOUT
-    )
-    try:
-        (journal,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        if journal != "wal":
-            raise OutboxError(f"{path.name} cannot use WAL mode ({journal})", retryable=False)
-        conn.execute("PRAGMA synchronous = FULL")
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _init_schema(conn: sqlite3.Connection) -> None:
-
-    with transaction(conn):
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
-            return
-        if version != 0:
-            raise OutboxError(
-                f"outbox file version {version}, this build reads {SCHEMA_VERSION}",
-                retryable=False,
-            )
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-def _try_lock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _is_current(fd: int, path: Path) -> bool:
-    """Whether ``fd`` is still the file at ``path`` (not one deleted, or replaced, since)."""
-    try:
-        at_path = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def encode_record(record: OutboxRecord) -> _Row:
+    """``record`` as a row of an outbox file; TypeError or ValueError when it cannot be."""
+    if not isinstance(record, OutboxRecord):
+        raise TypeError(f"expected an OutboxRecord, got {type(record).__name__}")
+    if not record.key:
+        raise ValueError("the record has no key")
+    if record.kind not in RECORD_KINDS:
+        raise ValueError(f"unknown record kind {record.kind!r}")
+    if not isinstance(record.payload, dict):
+        raise TypeError("the payload must be a JSON object")
+    payload = json.dumps(record.payload, ensure_ascii=False, allow_nan=False)
+    return _Row(record.key, record.kind, payload)

@@ -2,8 +2,12 @@
 
 Records go out in the order they were put, one at a time: a failing backend is retried with
 capped exponential backoff (``retry_base`` doubling up to ``retry_max``, with jitter), each
-attempt bounded by ``deliver_timeout``; a record the backend refuses for good goes to the
-dead letters; a delivered one is deleted at the next round trip to the file thread. When
+attempt bounded by ``deliver_timeout``, for as long as it takes: the backend is down or slow,
+or refuses the credentials (401/403: said once, critically, naming CLARA_BACKEND_TOKEN),
+and the records wait. A record the backend refuses for good goes to the dead letters, and
+so does one whose delivery fails ``max_attempts`` times with an unexpected error (a bug, not
+the backend's answer), so that no record can block the ones behind it. A delivered record
+is deleted at the next round trip to the file thread. When
 there is nothing to deliver, the writer waits for work, sweeping the folder for the files
 of ended processes every ``sweep_interval`` seconds. It is owned by
 :class:`~clara_voice.persistence.outbox.Outbox`, which tells it when work arrives and when
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from clara_voice.logging import ContextLogger
-from clara_voice.persistence._outbox_files import _Adoption, _describe, _File, _Store
+from clara_voice.persistence._outbox_files import _Adoption, _File, _Store
+from clara_voice.persistence._outbox_schema import describe as _describe
 from clara_voice.persistence.base import Backend, BackendError, OutboxRecord
 
 T = TypeVar("T")
@@ -32,6 +37,8 @@ class OutboxStats:
 
     pending: int = 0
     """Acknowledged records not yet delivered (own and adopted files)."""
+    pending_bytes: int = 0
+    """Their payloads' size (what ``max_bytes`` bounds)."""
     delivered: int = 0
     dead_lettered: int = 0
     retries: int = 0
@@ -55,6 +62,7 @@ class OutboxWriter:
         retry_base: float,
         retry_max: float,
         deliver_timeout: float,
+        max_attempts: int,
         sweep_interval: float | None,
         on_empty: Callable[[], None],
         on_adopted: Callable[[list[_Adoption]], int],
@@ -67,6 +75,7 @@ class OutboxWriter:
         self._retry_base = retry_base
         self._retry_max = retry_max
         self._deliver_timeout = deliver_timeout
+        self._max_attempts = max_attempts
         self._sweep_interval = sweep_interval
         self._on_empty = on_empty
         self._on_adopted = on_adopted
@@ -75,6 +84,7 @@ class OutboxWriter:
         self._delivered: list[tuple[_File, int, str]] = []  # to delete at the next round trip
         self._down_since: float | None = None
         self._outage_retries = 0
+        self._told_credentials = False
         self._closing = False
 
     def wake(self) -> None:
@@ -124,11 +134,11 @@ class OutboxWriter:
         if page.file is None:
             self._on_empty()
             return False
-        for seq, record in page.rows:
-            await self._deliver(page.file, seq, record)
+        for seq, record, size in page.rows:
+            await self._deliver(page.file, seq, record, size)
         return True
 
-    async def _deliver(self, file: _File, seq: int, record: OutboxRecord) -> None:
+    async def _deliver(self, file: _File, seq: int, record: OutboxRecord, size: int) -> None:
         attempt = 0
         while True:
             try:
@@ -137,19 +147,33 @@ class OutboxWriter:
             except BackendError as exc:
                 if not exc.retryable:
                     self._backend_answered()
-                    await self._dead_letter(file, seq, record, exc)
+                    await self._dead_letter(file, seq, record, size, _describe(exc))
                     return
+                if exc.credentials_refused:
+                    self._credentials_refused(exc)
                 error: Exception = exc
+                unexpected = False
+            except (TimeoutError, OSError) as exc:  # the backend is slow or out of reach
+                error, unexpected = exc, False
             except Exception as exc:
-                # timeouts, connection errors, a backend's own bug: keep the record, try again
-                error = exc
+                # not the backend's answer: a bug in it, or a record it cannot take
+                error, unexpected = exc, True
             else:
                 self._backend_answered()
                 self._delivered.append((file, seq, record.key))
                 self._stats.delivered += 1
                 self._stats.pending -= 1
+                self._stats.pending_bytes -= size
                 return
             attempt += 1
+            if unexpected and attempt >= self._max_attempts:
+                self._log.critical(
+                    "record failed with an unexpected error at every attempt, moved to the "
+                    "dead letters (replay it with `python -m clara_voice outbox replay`)",
+                    extra={"key": record.key, "attempts": attempt, "error": _describe(error)},
+                )
+                await self._dead_letter(file, seq, record, size, _describe(error), told=True)
+                return
             delay = self._backoff(attempt)
             self._stats.retries += 1
             self._stats.last_error = _describe(error)
@@ -175,19 +199,39 @@ class OutboxWriter:
             raise
 
     async def _dead_letter(
-        self, file: _File, seq: int, record: OutboxRecord, exc: BackendError
+        self,
+        file: _File,
+        seq: int,
+        record: OutboxRecord,
+        size: int,
+        error: str,
+        *,
+        told: bool = False,
     ) -> None:
-        error = _describe(exc)
         await self._run(functools.partial(self._store.dead_letter, file, seq, record.key, error))
         self._stats.dead_lettered += 1
         self._stats.pending -= 1
+        self._stats.pending_bytes -= size
         self._stats.last_error = error
-        self._log.warning(
-            "record refused by the backend, moved to the dead letters",
-            extra={"key": record.key, "kind": record.kind, "error": error},
+        if not told:
+            self._log.warning(
+                "record refused by the backend, moved to the dead letters",
+                extra={"key": record.key, "kind": record.kind, "error": error},
+            )
+
+    def _credentials_refused(self, exc: BackendError) -> None:
+        # fixable: the records wait in the outbox; said once per streak, at the top level
+        if self._told_credentials:
+            return
+        self._told_credentials = True
+        self._log.critical(
+            "the backend refuses the credentials: set CLARA_BACKEND_TOKEN to a token it "
+            "accepts; records wait in the outbox until then",
+            extra={"status": exc.status, "error": _describe(exc)},
         )
 
     def _backend_answered(self) -> None:
+        self._told_credentials = False
         if self._down_since is None:
             return
         down_for = asyncio.get_running_loop().time() - self._down_since

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import math
 import sqlite3
 from collections import deque
@@ -43,11 +42,10 @@ from livekit.agents.utils import aio
 
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
-from clara_voice.persistence._outbox_files import SCHEMA_VERSION as SCHEMA_VERSION
-from clara_voice.persistence._outbox_files import _Adoption, _Row, _Store
+from clara_voice.persistence._outbox_files import _Adoption, _Row, _Store, encode_record
+from clara_voice.persistence._outbox_schema import SCHEMA_VERSION as SCHEMA_VERSION
 from clara_voice.persistence._outbox_writer import OutboxStats, OutboxWriter
 from clara_voice.persistence.base import (
-    RECORD_KINDS,
     Backend,
     OutboxError,
     OutboxRecord,
@@ -83,6 +81,8 @@ class Outbox(AsyncService):
         retry_max: float = 30.0,
         flush_timeout: float = 5.0,
         deliver_timeout: float = 30.0,
+        max_attempts: int = 10,
+        max_bytes: int = 256 << 20,
         sweep_interval: float | None = 60.0,
         log_context: Mapping[str, Any] | None = None,
     ) -> None:
@@ -109,7 +109,7 @@ class Outbox(AsyncService):
         self._writer_atask: asyncio.Task[None] | None = None
         # puts waiting for their commit, and the commit under way (at most one)
         self._intake: deque[tuple[_Row, asyncio.Future[None]]] = deque()
-        self._commit_job: asyncio.Future[int] | None = None
+        self._commit_job: asyncio.Future[tuple[int, int]] | None = None
         self._commits_idle = asyncio.Event()
         self._commits_idle.set()
         self._drained = asyncio.Event()
@@ -124,10 +124,14 @@ class Outbox(AsyncService):
             retry_base=self._retry_base,
             retry_max=self._retry_max,
             deliver_timeout=deliver_timeout,
+            max_attempts=max_attempts,
             sweep_interval=sweep_interval,
             on_empty=self._update_drained,
             on_adopted=self._adopted,
         )
+        self._max_bytes = max_bytes
+        self._intake_bytes = 0
+        self._full = False
         self._started = False
         self._closing = False
         self._closed = False
@@ -198,10 +202,15 @@ class Outbox(AsyncService):
             future.set_exception(OutboxError(f"the outbox is {state}", retryable=False))
             return future
         try:
-            row = _encode(record)
+            row = encode_record(record)
         except (TypeError, ValueError) as exc:
             future.set_exception(OutboxError(f"record {record.key!r}: {exc}", retryable=False))
             return future
+        if self._stats.pending_bytes + self._intake_bytes + row.size > self._max_bytes:
+            future.set_exception(self._refuse_full(record))
+            return future
+        self._full = False
+        self._intake_bytes += row.size
         self._intake.append((row, future))
         self._drained.clear()
         self._schedule_commit()
@@ -298,9 +307,10 @@ class Outbox(AsyncService):
         self._commit_job.add_done_callback(functools.partial(self._on_committed, batch))
 
     def _on_committed(
-        self, batch: list[tuple[_Row, asyncio.Future[None]]], job: asyncio.Future[int]
+        self, batch: list[tuple[_Row, asyncio.Future[None]]], job: asyncio.Future[tuple[int, int]]
     ) -> None:
         self._commit_job = None
+        self._intake_bytes -= sum(row.size for row, _ in batch)  # now pending, or refused
         failure = None if job.cancelled() else job.exception()
         if job.cancelled() or failure is not None:
             self._log.error(
@@ -317,7 +327,9 @@ class Outbox(AsyncService):
                         )
                     )
         else:
-            self._stats.pending += job.result()
+            count, size = job.result()
+            self._stats.pending += count
+            self._stats.pending_bytes += size
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
@@ -326,6 +338,25 @@ class Outbox(AsyncService):
         else:
             self._commits_idle.set()
         self._writer.wake()  # new records; or none (duplicates), and the writer says it is drained
+
+    def _refuse_full(self, record: OutboxRecord) -> OutboxError:
+        """The backlog is at ``max_bytes``: the oldest records are kept, new ones refused
+        (each caller hears so; the first refusal of a streak is said critically)."""
+        if not self._full:
+            self._full = True
+            self._log.critical(
+                "outbox full: new records are refused until the backend takes the backlog "
+                "(raise CLARA_OUTBOX_MAX_BYTES, or fix the backend)",
+                extra={
+                    "pending": self._stats.pending,
+                    "pending_bytes": self._stats.pending_bytes,
+                    "max_bytes": self._max_bytes,
+                },
+            )
+        return OutboxError(
+            f"record {record.key!r} refused: the outbox is full ({self._max_bytes} bytes)",
+            retryable=True,
+        )
 
     def _update_drained(self) -> None:
         # called by the writer when every file is empty
@@ -345,6 +376,7 @@ class Outbox(AsyncService):
                 )
                 continue
             total += adoption.pending
+            self._stats.pending_bytes += adoption.pending_bytes
             self._stats.adopted_files += 1
             self._log.info(
                 "adopted the outbox file of an ended process",
@@ -356,19 +388,6 @@ class Outbox(AsyncService):
             )
         self._stats.pending += total
         return total
-
-
-def _encode(record: OutboxRecord) -> _Row:
-    if not isinstance(record, OutboxRecord):
-        raise TypeError(f"expected an OutboxRecord, got {type(record).__name__}")
-    if not record.key:
-        raise ValueError("the record has no key")
-    if record.kind not in RECORD_KINDS:
-        raise ValueError(f"unknown record kind {record.kind!r}")
-    if not isinstance(record.payload, dict):
-        raise TypeError("the payload must be a JSON object")
-    payload = json.dumps(record.payload, ensure_ascii=False, allow_nan=False)
-    return _Row(record.key, record.kind, payload)
 
 
 __all__ = ["OUTBOX_DIRNAME", "Outbox", "OutboxError", "OutboxStats"]
