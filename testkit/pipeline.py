@@ -26,6 +26,7 @@ from clara_voice.states import SessionType
 from clara_voice.voice.assistant import ClaraAssistant
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
 from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
+from clara_voice.worker import build_backend
 from testkit.audio import (
     CaptureAudioOutput,
     CaptureTextOutput,
@@ -138,18 +139,33 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running_harness(room: FakeRoom, data_dir: Path) -> AsyncIterator[Harness]:
+async def running_harness(
+    room: FakeRoom,
+    data_dir: Path,
+    *,
+    provider_key: str | None = None,
+    settings_for: Callable[[LoopbackOpenAI, LoopbackDeepgram], dict[str, Any]] | None = None,
+    persist: bool = False,
+) -> AsyncIterator[Harness]:
     """A started ClaraVoiceAgent with the real pipeline factory and loopback providers;
-    a test module's ``harness`` fixture wraps it."""
-    async with LoopbackOpenAI() as openai_server, LoopbackDeepgram() as deepgram_server:
+    a test module's ``harness`` fixture wraps it. The providers accept any key, or only
+    ``provider_key``; ``settings_for(openai, deepgram)`` gives settings of the test's own;
+    with ``persist`` the agent stores the conversation in the settings' backend."""
+    async with (
+        LoopbackOpenAI(api_key=provider_key) as openai_server,
+        LoopbackDeepgram(api_key=provider_key) as deepgram_server,
+    ):
         settings = load_settings(
-            data_dir=data_dir,
-            stt_base_url=deepgram_server.base_url,
-            llm_base_url=openai_server.base_url,
-            tts_base_url=openai_server.base_url,
-            provider_max_retry=0,
-            provider_retry_interval=0.0,
-            provider_timeout=5.0,
+            **{
+                "data_dir": data_dir,
+                "stt_base_url": deepgram_server.base_url,
+                "llm_base_url": openai_server.base_url,
+                "tts_base_url": openai_server.base_url,
+                "provider_max_retry": 0,
+                "provider_retry_interval": 0.0,
+                "provider_timeout": 5.0,
+                **(settings_for(openai_server, deepgram_server) if settings_for else {}),
+            }
         )
         http_context._new_session_ctx()  # what livekit's job runner provides to plugins
         media = SeamMedia()
@@ -158,7 +174,8 @@ async def running_harness(room: FakeRoom, data_dir: Path) -> AsyncIterator[Harne
             activation_threshold=settings.vad_activation_threshold,
         )
         factory = LiveKitPipelineFactory(settings, vad=vad, media=media)
-        agent = ClaraVoiceAgent(room, settings, pipeline=factory)
+        backend = build_backend(settings) if persist else None
+        agent = ClaraVoiceAgent(room, settings, pipeline=factory, backend=backend)
         await agent.start()
         try:
             yield Harness(agent, room, media, openai_server, deepgram_server, settings)

@@ -141,6 +141,14 @@ def test_rejected_credentials_name_the_key_variables() -> None:
     assert "LIVEKIT_API_KEY" in line and "LIVEKIT_API_SECRET" in line
 
 
+def test_giving_up_without_a_known_reason_names_every_variable_to_check() -> None:
+    """With CLARA_LIVEKIT_MAX_RETRY=0 livekit gives up at once and drops the reason: the line
+    named an unreachable server even when the server refused the keys."""
+    line = describe_connection_error("ws://lk:7880", None)
+    assert "cannot reach" not in line
+    assert all(v in line for v in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET"))
+
+
 def test_the_give_up_traceback_is_replaced_by_the_workers_own_line(settings: Settings) -> None:
     watch = _ConnectionWatch(ClaraWorker(settings))
     try:

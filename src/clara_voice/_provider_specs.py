@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
+
+from clara_voice._urls import check_http_url
 
 STTProvider = Literal["deepgram", "openai"]
 TTSFormat = Literal["pcm", "wav", "mp3", "opus", "aac", "flac"]
@@ -17,6 +19,11 @@ TTSFormat = Literal["pcm", "wav", "mp3", "opus", "aac", "flac"]
 
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("base_url", check_fields=False)
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value, credentials="api_key")
 
 
 class STTSpec(_Spec):

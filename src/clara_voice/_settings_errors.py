@@ -12,7 +12,11 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from clara_voice._redact import redact
+from clara_voice._redact import redact, redact_loose
+
+_PLAIN_FIELDS = frozenset(
+    {"provider", "model", "language", "voice", "response_format", "temperature", "base_url"}
+)
 
 
 class SettingsError(Exception):
@@ -40,10 +44,13 @@ def describe(exc: ValidationError, env_names: Mapping[str, str]) -> list[str]:
         )
         message = error["msg"].removeprefix("Value error, ")
         given = error.get("input")
-        hidden = isinstance(given, (dict, list)) or any(
-            word in variable.lower() for word in ("secret", "key")
+        hidden = (
+            isinstance(given, (dict, list))
+            or any(word in variable.lower() for word in ("secret", "key", "token"))
+            # inside a list setting, only the fields known to hold no secret are shown
+            or (len(error["loc"]) > 1 and error["loc"][-1] not in _PLAIN_FIELDS)
         )
-        shown = "" if hidden else f"={redact(repr(given))}"
+        shown = "" if hidden else f"={redact_loose(repr(given))}"
         problems.append(f"invalid setting {variable}{shown}: {message}")
     return problems
 

@@ -16,15 +16,17 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as UnparsableSetting
 
+from clara_voice import _urls
 from clara_voice._provider_specs import LLMSpec, STTProvider, STTSpec, TTSFormat, TTSSpec
+from clara_voice._redact import remember_secrets, secrets_in
 from clara_voice._settings_errors import SettingsError, describe, describe_unparsable
-from clara_voice._urls import check_backend_url, check_livekit_url, is_plain_http_elsewhere
 from clara_voice.states import SessionType
 
 ENV_PREFIX = "CLARA_"
@@ -316,20 +318,19 @@ class Settings(BaseSettings):
         default=0.5, gt=0, lt=1, description="VAD probability that starts speech."
     )
 
-    @field_validator("livekit_url")
+    @field_validator("livekit_url", "backend_url", "stt_base_url", "llm_base_url", "tts_base_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
-        return check_livekit_url(value)
+    def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or info.field_name == "livekit_url":
+            return value if value is None else _urls.check_livekit_url(value)
+        kind = (info.field_name or "").split("_")[0]  # backend, stt, llm, tts
+        secret = "BACKEND_TOKEN" if kind == "backend" else f"{kind.upper()}_API_KEY"
+        return _urls.check_http_url(value, credentials=ENV_PREFIX + secret)
 
     @field_validator("prometheus_port", "num_idle_processes", "load_threshold", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("backend_url")
-    @classmethod
-    def _check_backend_url(cls, value: str | None) -> str | None:
-        return None if value is None else check_backend_url(value)
 
     @field_validator("livekit_api_secret")
     @classmethod
@@ -354,7 +355,7 @@ class Settings(BaseSettings):
         """Whether the backend's token goes over plain http to a host that is not this one."""
         if self.backend != "http" or not self.backend_url or self.backend_token is None:
             return False
-        return is_plain_http_elsewhere(self.backend_url)
+        return _urls.is_plain_http_elsewhere(self.backend_url)
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -373,11 +374,13 @@ def load_settings(**overrides: Any) -> Settings:
     init = {_init_key(name): value for name, value in overrides.items()}
     names = {name: Settings.env_name(name) for name in Settings.model_fields}
     try:
-        return Settings(**init)
+        settings = Settings(**init)
     except ValidationError as exc:
         raise SettingsError(describe(exc, names)) from None
     except UnparsableSetting as exc:  # e.g. CLARA_LLM_FALLBACKS that is not JSON
         raise SettingsError(describe_unparsable(exc, names)) from None
+    remember_secrets(secrets_in(settings))  # hidden from every line written from now on
+    return settings
 
 
 def _init_key(field: str) -> str:

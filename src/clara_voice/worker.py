@@ -147,7 +147,7 @@ class ClaraWorker(AgentServer):
             self.gave_up = True
             attempts = self.settings.livekit_max_retry + 1
             log.critical(
-                f"giving up after {attempts} attempts: "
+                f"giving up after {attempts} attempt{'s' if attempts > 1 else ''}: "
                 + describe_connection_error(self.settings.livekit_url, self.last_connection_error)
                 + " (or raise CLARA_LIVEKIT_MAX_RETRY)",
                 extra={"url": self.settings.livekit_url},
@@ -266,6 +266,11 @@ def describe_connection_error(url: str, error: object) -> str:
         return (
             f"{url} answered HTTP {error.status} instead of a LiveKit agent connection: "
             "check that LIVEKIT_URL points at the LiveKit server"
+        )
+    if error is None:  # livekit gives up at once, without the reason, when no retry is left
+        return (
+            f"could not connect to the LiveKit server at {url}: check that it runs there "
+            "(LIVEKIT_URL) and that LIVEKIT_API_KEY and LIVEKIT_API_SECRET are its keys"
         )
     return (
         f"cannot reach the LiveKit server at {url}: start it "
