@@ -305,3 +305,27 @@ async def test_a_long_sessions_summary_stays_small(
     assert (summary["first_seq"], summary["last_seq"]) == (0, 79)
     assert len(messages) == settings.summary_messages == 20
     assert messages[-1]["text"] == "answer 39"
+
+
+async def test_a_stream_of_guests_keeps_the_participant_list_bounded(
+    settings: Settings, factory: FakePipelineFactory
+) -> None:
+    """Regression (found by the fuzz pass): the job kept every participant that ever joined,
+    for the session summaries, so a room with a stream of guests grew without bound."""
+    from clara_voice.agent.conversation import MAX_DEPARTED
+
+    room = FakeRoom("hall")
+    agent = await run_agent(room, settings, factory)
+    room.join("host")
+    for n in range(MAX_DEPARTED + 30):
+        room.join(f"guest-{n}")
+        await settle()
+        room.leave(f"guest-{n}")
+        await settle()
+    room.join("guest-0")  # back again: listed as present, and newest
+    await settle()
+    kept = list(agent.conversation.participants)
+    assert len(kept) == MAX_DEPARTED + 2  # the two present, and the latest who left
+    assert kept[0] == "host" and kept[-1] == "guest-0"
+    assert f"guest-{MAX_DEPARTED + 29}" in kept and "guest-29" not in kept
+    await agent.aclose()

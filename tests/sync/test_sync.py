@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections import Counter
@@ -473,6 +474,57 @@ async def test_validation_runs_periodically(
             await ran.wait()
         assert sync.config_of(session.session_id).state == "error"  # type: ignore[union-attr]
     assert sync.events_sent["session_inconsistency"] == 1
+
+
+async def test_an_unchanged_config_is_not_written_again(
+    room: FakeRoom, host: Host, settings: Settings, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect: every validation round wrote the same ``clara.session.<identity>`` attribute
+    again (4 identical writes in 2 s were measured against a real server)."""
+    sync = make_sync(host, settings, clock, interval=0.01)
+    validate, rounds = sync.validate, asyncio.Queue[None]()
+
+    def validate_and_count(*, trigger: str = "validation") -> None:
+        validate(trigger=trigger)
+        rounds.put_nowait(None)
+
+    monkeypatch.setattr(sync, "validate", validate_and_count)
+    key = SESSION_ATTRIBUTE_PREFIX + "alice"
+
+    async def writes_after(count: int) -> list[str]:
+        async with asyncio.timeout(5.0):
+            for _ in range(count):
+                await rounds.get()
+                clock.now += 1.0  # time passes between rounds
+        await drain(sync)
+        return [w[key] for w in room.local_participant.attribute_writes if key in w]
+
+    async with sync:
+        session = host.add("alice")
+        settled = await writes_after(2)  # the first round learns the microphone's state
+        assert settled and all(a != b for a, b in itertools.pairwise(settled))
+        assert await writes_after(20) == settled
+
+        host.move(session, "reconnecting", "connection quality poor")  # a real change
+        await drain(sync)
+        writes = [w[key] for w in room.local_participant.attribute_writes if key in w]
+        assert writes[:-1] == settled and json.loads(writes[-1])["state"] == "syncing"
+
+
+async def test_departed_participants_leave_nothing_in_the_publisher(
+    room: FakeRoom, host: Host, sync: SessionSync
+) -> None:
+    """Regression (found by the fuzz pass): the publisher remembered the last value written
+    for every ``clara.session.<identity>`` key, removed ones included, so a room with a
+    stream of guests grew without bound."""
+    for n in range(50):
+        session = host.add(f"guest-{n}")
+        await drain(sync)
+        host.move(session, "closed", "participant left")
+        room.remote_participants.pop(f"guest-{n}")
+        await drain(sync)
+    assert not [k for k in room.local_participant.attributes if "guest" in k]
+    assert sync._publisher._written == {}
 
 
 async def test_a_failing_round_is_counted_and_the_loop_goes_on(

@@ -28,6 +28,9 @@ from clara_voice.persistence import StoredMessage
 from clara_voice.voice.messages import HistoryMessage
 
 MAX_PARTICIPANT_METADATA = 4096
+MAX_DEPARTED = 64
+"""Participants who left that the job still lists in session summaries (the latest ones):
+a room with a stream of guests keeps a bounded list."""
 
 
 class Conversation:
@@ -100,6 +103,7 @@ class Conversation:
             joined_at=datetime.now(UTC),
             metadata=participant.metadata[:MAX_PARTICIPANT_METADATA],
         )
+        self.participants.pop(participant.identity, None)  # a rejoin goes last
         self.participants[participant.identity] = state
         if self.recorder is not None:
             self.recorder.participant_event(state, "connected")
@@ -110,6 +114,9 @@ class Conversation:
         state.left_at = datetime.now(UTC)
         if self.recorder is not None:
             self.recorder.participant_event(state, "disconnected")
+        departed = [key for key, kept in self.participants.items() if kept.left_at is not None]
+        for key in departed[:-MAX_DEPARTED]:
+            del self.participants[key]
 
     def message(self, session: ParticipantSession, message: HistoryMessage) -> None:
         """A user or assistant message of ``session``: kept, and recorded off the loop."""
@@ -174,4 +181,4 @@ def _when(text: str) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
-__all__ = ["MAX_PARTICIPANT_METADATA", "Conversation"]
+__all__ = ["MAX_DEPARTED", "MAX_PARTICIPANT_METADATA", "Conversation"]

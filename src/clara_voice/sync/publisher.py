@@ -174,7 +174,11 @@ class SyncPublisher:
                     if await self._guard(
                         self._room.local_participant.set_attributes(attributes), "attributes"
                     ):
-                        self._written.update(attributes)
+                        for key, value in attributes.items():  # "" removed the key
+                            if value:
+                                self._written[key] = value
+                            else:
+                                self._written.pop(key, None)
             if not self._events and not self._dirty and not self._wakeup.is_set():
                 self._drained.set()
 
