@@ -27,6 +27,9 @@ SHARED = {
     "_redact",
     "_urls",
     "_ratelimit",
+    "_settings_base",
+    "_json",
+    "tokens",
 }
 """Modules at the top that every wing may use; they use no wing."""
 ENTRY = {"__main__", "worker", "web", "outbox_cli", "_livekit_worker"}

@@ -73,6 +73,14 @@ def test_bad_metadata_is_one_warning_and_a_fresh_context(
     assert not context.known
 
 
+def test_metadata_nested_too_deeply_is_bad_metadata(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (found by the fuzz pass): json.loads raises RecursionError on deeply nested
+    JSON, which escaped the room_metadata_changed handler."""
+    context = parse_room_metadata("[" * 30_000 + "]" * 30_000, LOG)
+    assert context.conversation_id.startswith("conv_") and not context.known
+    assert "room metadata is not JSON, starting a fresh conversation" in warnings_of(caplog)
+
+
 def test_a_wrongly_typed_user_id_is_dropped_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

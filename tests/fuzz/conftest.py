@@ -23,8 +23,10 @@ import logging
 import os
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -51,6 +53,19 @@ def budget(surface: str) -> hsettings:
         database=None,
         suppress_health_check=list(HealthCheck),
     )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A scaled run takes longer: each fuzz test's timeout grows with it."""
+    for item in items:
+        if Path(str(item.fspath)).parent == Path(__file__).parent:
+            item.add_marker(pytest.mark.timeout(round(300 * max(1.0, SCALE))))
+
+
+def deeply_nested(depth: int = 50_000) -> str:
+    """JSON nested past the interpreter's recursion limit (``json.loads`` raises
+    ``RecursionError`` on it, not ``ValueError``)."""
+    return "[" * depth + "]" * depth
 
 
 def texts(**kwargs: Any) -> st.SearchStrategy[str]:
@@ -148,9 +163,10 @@ class Watch:
     def check(self) -> None:
         """Nothing escaped so far (call after each example: hypothesis shrinks on it)."""
         assert not self.loop_errors, self.loop_errors[:3]
-        assert not self.tracebacks.records, [
-            f"{r.name}: {r.getMessage()}" for r in self.tracebacks.records[:3]
-        ]
+        if self.tracebacks.records:
+            first = self.tracebacks.records[0]
+            trace = logging.Formatter().formatException(first.exc_info)  # type: ignore[arg-type]
+            raise AssertionError(f"{first.name}: {first.getMessage()}\n{trace}")
 
     def check_memory(self) -> None:
         """What the service's code holds does not grow with the examples: the least-squares

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from clara_voice.persistence.base import BackendError, OutboxRecord, StoredMessage
 from clara_voice.persistence.http import MAX_RESPONSE_BYTES, HttpBackend
-from tests.fuzz.conftest import Watch, budget, texts
+from tests.fuzz.conftest import Watch, budget, deeply_nested, texts
 
 SURFACE = budget("backend")
 TIMEOUT = 0.1
@@ -66,6 +66,7 @@ small_bodies = st.one_of(
     st.builds(lambda m: json.dumps({"messages": m}).encode(), messages),
     st.builds(lambda c: json.dumps({"conversation_id": c}).encode(), json_values),
     st.just(b'{"conversation_id": "conv-1"}'),
+    st.just(b'{"messages": ' + deeply_nested(100_000).encode() + b"}"),
 )
 huge_bodies = st.one_of(  # about the 1 MiB bound, either side
     st.builds(

@@ -32,7 +32,7 @@ from clara_voice.voice.routing import (
     PushToTalk,
 )
 from testkit.fakes import FakeRoom, FakeTextStreamReader
-from tests.fuzz.conftest import Watch, budget, long_texts, texts
+from tests.fuzz.conftest import Watch, budget, deeply_nested, long_texts, texts
 
 LOG = get_logger("clara_voice.voice", room="fuzz-room")
 CHAT = budget("chat")
@@ -188,7 +188,7 @@ def test_fuzz_push_to_talk_calls() -> None:
         @given(
             caller=senders,
             method=st.one_of(st.sampled_from(PTT_METHODS), texts(max_size=20)),
-            payload=texts(max_size=50),
+            payload=st.one_of(texts(max_size=50), st.just(deeply_nested(2000))),
             refill=st.booleans(),
             uninterruptible=st.booleans(),
         )

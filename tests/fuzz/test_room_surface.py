@@ -24,20 +24,21 @@ from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.agent.conversation import MAX_DEPARTED, MAX_PARTICIPANT_METADATA
 from clara_voice.config import load_settings
 from clara_voice.persistence.base import OutboxRecord, StoredMessage
+from clara_voice.states import SESSION_TYPE_ATTRIBUTE
 from clara_voice.sync.protocol import RPC_SET_SESSION_TYPE, SESSION_ATTRIBUTE_PREFIX
 from clara_voice.voice.routing import PTT_METHODS
-from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 from testkit.fakes import FakePipelineFactory, FakeRoom
 from testkit.tasks import settle
-from tests.fuzz.conftest import Watch, budget, long_texts, texts
+from tests.fuzz.conftest import Watch, budget, deeply_nested, long_texts, texts
 from tests.fuzz.test_chat_and_push_to_talk import rpc
 
 SURFACE = budget("room")
+DEEP = deeply_nested(20_000)
 
 
 junk_text = st.one_of(
     texts(max_size=40),
-    st.sampled_from(["", "{}", "[]", "null", '{"conversation_id": 5}', "\x00"]),
+    st.sampled_from(["", "{}", "[]", "null", '{"conversation_id": 5}', "\x00", DEEP]),
     long_texts(),
 )
 json_values = st.recursive(

@@ -441,7 +441,11 @@ async def test_invalid_join_reply_is_not_retryable(
         '{"messages": {}}',
         '{"messages": ["hi"]}',
         '{"messages": [{"role": "user", "text": "hi"}]}',
+        # found by the fuzz pass: json.loads raises RecursionError, not ValueError, on deep
+        # nesting, and it escaped as an unexpected error
+        '{"messages": ' + "[" * 100_000 + "]" * 100_000 + "}",
     ],
+    ids=["not-json", "not-a-list", "not-objects", "no-at", "nested-too-deeply"],
 )
 async def test_invalid_messages_reply_is_not_retryable(
     server: LoopbackBackend, backend: HttpBackend, body: str

@@ -9,13 +9,13 @@ never a crash. :class:`ParticipantState` is a participant as the job saw it.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from clara_voice._json import parse_json
 from clara_voice.logging import ContextLogger
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -49,7 +49,7 @@ def parse_room_metadata(raw: str, log: ContextLogger) -> RoomContext:
         )
         return RoomContext(conversation_id=new_conversation_id())
     try:
-        data = json.loads(raw)
+        data = parse_json(raw)
     except ValueError as exc:
         log.warning(
             "room metadata is not JSON, starting a fresh conversation", extra={"error": str(exc)}

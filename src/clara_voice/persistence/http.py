@@ -27,6 +27,7 @@ import aiohttp
 from pydantic import SecretStr
 from yarl import URL
 
+from clara_voice._json import parse_json
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
 from clara_voice.persistence.base import BackendError, OutboxRecord, RecordKind, StoredMessage
@@ -240,7 +241,7 @@ class HttpBackend(AsyncService):
 
     def _json_object(self, op: str, body: bytes) -> dict[str, Any]:
         try:
-            data = json.loads(body)
+            data = parse_json(body)
         except ValueError:
             raise self._invalid(op, "not JSON") from None
         if not isinstance(data, dict):

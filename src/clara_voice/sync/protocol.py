@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from clara_voice._json import parse_json
 from clara_voice.states import SESSION_TYPES, ConnectionState, SessionType
 from clara_voice.voice.turns import SESSION_TYPE_CONFIGS, TurnDetectionKind
 
@@ -202,8 +203,8 @@ def parse_type_request(payload: str) -> TypeRequest:
     ignored so newer clients can talk to this agent."""
     check_size(payload)
     try:
-        message = json.loads(payload)
-    except (ValueError, RecursionError) as exc:
+        message = parse_json(payload)
+    except ValueError as exc:
         raise RequestError("malformed_request", "the payload is not JSON") from exc
     if not isinstance(message, dict):
         raise RequestError("malformed_request", 'the payload must be a JSON object {"type": ...}')
