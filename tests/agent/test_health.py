@@ -33,6 +33,10 @@ class FakeSession:
     age_seconds: float = 1.0
     connection_state: str = "connected"
 
+    @property
+    def started(self) -> float:
+        return time.monotonic() - self.age_seconds
+
 
 class FakeAgent(rtc.EventEmitter[str]):
     """What HealthMonitor is given of a room job: its sessions (and their events), its

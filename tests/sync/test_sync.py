@@ -527,6 +527,41 @@ async def test_departed_participants_leave_nothing_in_the_publisher(
     assert sync._publisher._written == {}
 
 
+async def test_configs_over_the_attribute_budget_are_said_once_and_published_when_room(
+    room: FakeRoom,
+    host: Host,
+    settings: Settings,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A room whose configs no longer fit LiveKit's attribute budget: each one left out is
+    said once (not at every validation round), counted, and published once it fits again."""
+    from clara_voice.sync import publisher
+
+    monkeypatch.setattr(publisher, "MAX_ATTRIBUTES_BYTES", 900)  # about three configs
+    sync = make_sync(host, settings, clock)
+    async with sync:
+        sessions = [host.add(f"user-{n}") for n in range(5)]
+        await drain(sync)
+        for _ in range(10):
+            sync.validate()
+            await drain(sync)
+        published = [k for k in room.local_participant.attributes if "user-" in k]
+        assert 0 < len(published) < 5
+        refused = [r for r in caplog.records if r.getMessage().startswith("session attributes")]
+        assert len(refused) == 5 - len(published)  # once per key, however many rounds
+        assert sync.rejected["attribute_budget"] > len(refused)
+
+        for session in sessions[: len(published)]:
+            host.move(session, "closed", "participant left")
+        sync.validate()
+        await drain(sync)
+        assert len([k for k in room.local_participant.attributes if "user-" in k]) == 5 - len(
+            published
+        )
+
+
 async def test_a_failing_round_is_counted_and_the_loop_goes_on(
     host: Host, settings: Settings, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

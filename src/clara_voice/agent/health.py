@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,7 +50,9 @@ class SessionView(Protocol):
     """What the monitor reads of a session (``ParticipantSession`` has it)."""
 
     @property
-    def age_seconds(self) -> float: ...
+    def started(self) -> float:
+        """When the session started, on the ``time.monotonic`` clock."""
+        ...
 
     @property
     def connection_state(self) -> str: ...
@@ -66,6 +70,7 @@ class SessionSource(Protocol):
 
 
 _SESSION_EVENTS = ("session_created", "connection_state_changed", "session_closed")
+_STATE = operator.attrgetter("connection_state")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,23 +220,23 @@ class HealthMonitor(AsyncService):
 
     def _stuck_sessions(self) -> tuple[str, ...]:
         minutes = f"{self._stuck_after / 60:g}"
-        stuck = []
-        for session_id, session in list(self._sessions.sessions.items()):
-            age = session.age_seconds
-            if age > self._stuck_after:
-                stuck.append(session_id)
-                self._log.warning(
-                    STUCK_FORMAT.format(session_id=session_id, minutes=minutes),
-                    extra={
-                        "session_id": session_id,
-                        "age_s": round(age, 1),
-                        "connection_state": session.connection_state,
-                    },
-                )
-        return tuple(stuck)
+        now = time.monotonic()
+        cutoff = now - self._stuck_after
+        sessions = self._sessions.sessions
+        stuck = tuple(sid for sid, session in sessions.items() if session.started < cutoff)
+        for session_id in stuck:
+            self._log.warning(
+                STUCK_FORMAT.format(session_id=session_id, minutes=minutes),
+                extra={
+                    "session_id": session_id,
+                    "age_s": round(now - sessions[session_id].started, 1),
+                    "connection_state": sessions[session_id].connection_state,
+                },
+            )
+        return stuck
 
     def _session_states(self) -> Counter[str]:
-        return Counter(s.connection_state for s in list(self._sessions.sessions.values()))
+        return Counter(map(_STATE, list(self._sessions.sessions.values())))
 
     def _export(self, report: HealthReport) -> None:
         self._gauges.set_session_states(self._session_states())

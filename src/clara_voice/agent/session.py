@@ -74,7 +74,14 @@ class ParticipantSession:
     log: ContextLogger = field(repr=False)
     pipeline: VoicePipeline | None = field(default=None, repr=False)
     start_task: asyncio.Task[VoicePipeline] | None = field(default=None, repr=False)
+    started: float = field(init=False, repr=False, default=0.0)
+    """``start_time`` on the monotonic clock (cheap to compare: the health round reads
+    every session's)."""
+
+    def __post_init__(self) -> None:
+        since = (datetime.now(UTC) - self.start_time).total_seconds()
+        self.started = time.monotonic() - since
 
     @property
     def age_seconds(self) -> float:
-        return (datetime.now(UTC) - self.start_time).total_seconds()
+        return time.monotonic() - self.started

@@ -96,6 +96,22 @@ class SessionConfig:
     def is_voice(self) -> bool:
         return self.type != "text"
 
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Every field, cheaply: equal fingerprints give equal :meth:`to_json`."""
+        return (
+            self.type,
+            self.state,
+            self.started_at,
+            self.voice_mode,
+            self.is_muted,
+            self.turn_detection,
+            self.room_id,
+            self.last_sync_at,
+            self.sync_attempts,
+            self.inconsistency_detected,
+            self.voice_activity_enabled,
+        )
+
     def to_json(self) -> dict[str, Any]:
         """The config as the client reads it (timestamps in ms since the Unix epoch)."""
         return {

@@ -55,6 +55,10 @@ class SyncPublisher:
         self._dirty: dict[str, str] = {}
         self._written: dict[str, str] = {}
         self._sizes: dict[str, int] = {}
+        self._total_size = 0
+        """The sum of ``_sizes`` (kept, not summed at every call)."""
+        self._encoded: dict[str, tuple[tuple[Any, ...], str]] = {}
+        self._over_budget: set[str] = set()
         self._last_attribute_write = -float("inf")
         self._link_up = asyncio.Event()
         self._link_up.set()
@@ -118,23 +122,34 @@ class SyncPublisher:
 
     def config(self, identity: str, config: SessionConfig) -> None:
         """Publish ``identity``'s config as its ``clara.session.<identity>`` attribute."""
-        self.attribute(identity, encode(config.to_json()))
+        fingerprint = config.fingerprint()
+        cached = self._encoded.get(identity)
+        if cached is None or cached[0] != fingerprint:  # encoded once per change, not per round
+            cached = self._encoded[identity] = (fingerprint, encode(config.to_json()))
+        self.attribute(identity, cached[1])
 
     def attribute(self, identity: str, value: str) -> None:
         """Set ``clara.session.<identity>`` to ``value`` ("" removes it)."""
         key = SESSION_ATTRIBUTE_PREFIX + identity
+        if key not in self._dirty and self._written.get(key, "") == value:
+            return  # the room has it already (and its size is counted): nothing changes
         size = len(key.encode()) + len(value.encode())
-        others = sum(self._sizes.values()) - self._sizes.get(key, 0)
+        others = self._total_size - self._sizes.get(key, 0)
         if value and others + size > MAX_ATTRIBUTES_BYTES:
-            self._log.warning("session attributes over budget, not published", extra={"key": key})
             self._rejected["attribute_budget"] += 1
+            if key not in self._over_budget:  # said once, not at every round
+                self._over_budget.add(key)
+                self._log.warning(
+                    "session attributes over budget, not published", extra={"key": key}
+                )
             return
+        self._over_budget.discard(key)
+        self._total_size -= self._sizes.pop(key, 0)
         if value:
             self._sizes[key] = size
+            self._total_size += size
         else:
-            self._sizes.pop(key, None)
-        if key not in self._dirty and self._written.get(key, "") == value:
-            return  # the room has it already: write only what changed
+            self._encoded.pop(identity, None)
         self._dirty[key] = value
         self._kick()
 

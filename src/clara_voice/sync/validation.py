@@ -9,19 +9,23 @@ reported once, when it first appears.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from livekit import rtc
 
-from clara_voice.states import SessionType
+from clara_voice.states import SESSION_TYPES, SessionType
 from clara_voice.sync.protocol import STATE_OF, Microphone, SessionConfig
 from clara_voice.sync.seams import SyncedSession
 from clara_voice.voice.turns import expected_effective
 
 RoomLink = Literal["connected", "reconnecting", "disconnected"]
 # audio input is live state (a push-to-talk session hears only during a turn): not compared
-_COMPARED = ("session_type", "turn_detection", "voice_activity_enabled", "audio_output_enabled")
+_compared = operator.itemgetter(
+    "session_type", "turn_detection", "voice_activity_enabled", "audio_output_enabled"
+)
+"""What of a pipeline's effective config must match its type (its live input may not)."""
 
 
 @dataclass(eq=False)
@@ -46,6 +50,19 @@ class Finding:
     unreadable_pipeline: Exception | None = None
 
 
+_MICROPHONE = rtc.TrackSource.SOURCE_MICROPHONE  # protobuf enum lookups are not free
+_IMPLIED = {
+    session_type: (
+        (config := SessionConfig(type=session_type, room_id="")).turn_detection,
+        config.voice_mode,
+        config.voice_activity_enabled,
+    )
+    for session_type in SESSION_TYPES
+}
+"""What each session type implies of turn detection, voice mode and voice activity."""
+_EXPECTED = {t: _compared(expected_effective(t)) for t in SESSION_TYPES}
+
+
 def microphone_of(room: rtc.Room, identity: str) -> Microphone:
     """``unmuted``, ``muted`` or ``absent``: the participant's microphone as the room has it."""
     participant = room.remote_participants.get(identity)
@@ -53,7 +70,7 @@ def microphone_of(room: rtc.Room, identity: str) -> Microphone:
         return "absent"
     muted = False
     for publication in participant.track_publications.values():
-        if publication.source == rtc.TrackSource.SOURCE_MICROPHONE:
+        if publication.source == _MICROPHONE:
             if not publication.muted:
                 return "unmuted"
             muted = True
@@ -97,12 +114,9 @@ def check(
         finding.issues.append("type_mismatch")
         config.retype(session.session_type)
         finding.corrected = True
-    reference = SessionConfig(type=config.type, room_id=config.room_id)
-    if (config.turn_detection, config.voice_mode, config.voice_activity_enabled) != (
-        reference.turn_detection,
-        reference.voice_mode,
-        reference.voice_activity_enabled,
-    ):
+    if (config.turn_detection, config.voice_mode, config.voice_activity_enabled) != _IMPLIED[
+        config.type
+    ]:
         finding.issues.append("turn_detection_mismatch")
         config.retype(config.type)
         finding.corrected = True
@@ -133,8 +147,7 @@ def _pipeline_drifted(session: SyncedSession, config: SessionConfig, finding: Fi
     except Exception as exc:
         finding.unreadable_pipeline = exc
         return False
-    expected = expected_effective(config.type)
-    return any(effective[key] != expected[key] for key in _COMPARED)  # type: ignore[literal-required]
+    return bool(_compared(effective) != _EXPECTED[config.type])
 
 
 __all__ = ["Finding", "RoomLink", "SessionRecord", "check", "microphone_of", "room_state"]
