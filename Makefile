@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 COMPILE := $(PY) -m piptools compile -q --no-emit-index-url --no-emit-find-links \
 	--no-emit-trusted-host --strip-extras --allow-unsafe
 
-.PHONY: install livekit-server check lint types test e2e run dev lock clean
+.PHONY: install livekit-server web web-test web-serve check lint types test e2e run dev lock clean
 
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,20 @@ install: $(VENV)/.installed
 livekit-server:
 	@scripts/livekit-server build >/dev/null
 
-## check: lint, type-check and test (what CI runs)
-check: lint types test
+## web: install the page's npm packages from web/package-lock.json and build it into web/dist
+web: web/node_modules/.installed
+	cd web && npm run --silent build
+
+web/node_modules/.installed: web/package-lock.json web/package.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## web-test: type-check the page and run its unit tests
+web-test: web/node_modules/.installed
+	cd web && npm run --silent typecheck && npm test --silent
+
+## check: lint, type-check and test, the page's too (what CI runs)
+check: lint types web-test test
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -31,11 +43,11 @@ types: install
 	$(VENV)/bin/mypy
 
 ## test: the whole suite, end-to-end tests included, inside a private network namespace
-test: install livekit-server
+test: install livekit-server web
 	scripts/private-net $(PY) -m pytest
 
 ## e2e: only the end-to-end tests (a real LiveKit server, the real worker, real clients)
-e2e: install livekit-server
+e2e: install livekit-server web
 	scripts/private-net $(PY) -m pytest tests/e2e
 
 ## run / dev: the worker, against $$LIVEKIT_URL (JSON logs / readable logs)
@@ -51,5 +63,9 @@ lock: install
 	$(COMPILE) -o requirements.lock pyproject.toml
 	$(COMPILE) --extra dev -o requirements-dev.lock pyproject.toml
 
+## web-serve: the page and its token endpoint on http://127.0.0.1:3000 (CLARA_WEB_PORT)
+web-serve: install web
+	$(PY) -m clara_voice web
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache web/node_modules web/dist

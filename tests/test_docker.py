@@ -494,7 +494,8 @@ def test_health_port_agrees_everywhere(
     assert int(worker_env[variable]) == port
     assert int(runtime.env()[variable]) == port
     exposed = [int(p) for e in runtime.all("EXPOSE") for p in e.value.split()]
-    assert exposed == [port, _default("prometheus_port")]  # health, then metrics
+    # health, metrics, then the web page
+    assert exposed == [port, _default("prometheus_port"), _default("web_port")]
     published = {p.container for p in _published(worker)}
     assert {port, _default("prometheus_port")} <= published
     _, probe = _healthcheck(runtime.last("HEALTHCHECK"))
@@ -565,7 +566,9 @@ def test_dockerfile_is_multi_stage_on_a_supported_python(stages: list[Stage]) ->
 
 def test_runtime_runs_the_builder_venv(stages: list[Stage], runtime: Stage) -> None:
     [(flags, [source], destination)] = [
-        parts for copy in runtime.all("COPY") if "from" in (parts := _copy_parts(copy))[0]
+        parts
+        for copy in runtime.all("COPY")
+        if (parts := _copy_parts(copy))[0].get("from") == "builder"
     ]
     assert source.rstrip("/") == destination.rstrip("/")
     builder = next(s for s in stages if s.name == flags["from"])
@@ -577,6 +580,36 @@ def test_runtime_runs_the_builder_venv(stages: list[Stage], runtime: Stage) -> N
     assert any("pip install --no-cache-dir -r requirements.lock" in i for i in installs)
     assert any("pip install --no-cache-dir --no-deps ." in i for i in installs)
     assert runtime.env()["PATH"].split(":")[0] == f"{destination}/bin"
+
+
+def test_the_image_builds_the_web_page_from_its_lock(stages: list[Stage], runtime: Stage) -> None:
+    web = next(s for s in stages if s.name == "web")
+    assert re.fullmatch(r"node:\d+-\w+-slim", web.base)  # a major line, as python's is
+    runs = [" ".join(_shell_words(run, web)) for run in web.all("RUN")]
+    assert any(r.startswith("npm ci") for r in runs) and "npm run build" in runs
+    [(_, [source], destination)] = [
+        parts
+        for copy in runtime.all("COPY")
+        if (parts := _copy_parts(copy))[0].get("from") == "web"
+    ]
+    assert source == f"{web.last('WORKDIR').value}/dist"
+    assert runtime.env()[Settings.env_name("web_dist")] == destination
+    ignored = _dockerignore_patterns()
+    assert _is_ignored("web/node_modules", ignored) and _is_ignored("web/dist", ignored)
+
+
+def test_compose_serves_the_page_on_this_machine_only(compose: dict[str, Any]) -> None:
+    web = compose["services"]["web"]
+    assert web["command"] == ["python", "-m", "clara_voice", "web"]
+    env = web["environment"]
+    assert env[Settings.env_name("web_livekit_url")].endswith("ws://localhost:7880}")
+    assert set(env) <= CLARA_VARIABLES
+    # it listens on all of the container's interfaces, published on the host's loopback
+    assert env[Settings.env_name("web_allow_remote")] == "true"
+    [published] = web["ports"]
+    assert published == f"127.0.0.1:{_default('web_port')}:{env['CLARA_WEB_PORT']}"
+    assert web["image"] == compose["services"]["worker"]["image"]
+    assert "3000/" in " ".join(web["healthcheck"]["test"])
 
 
 def test_runtime_ends_as_a_non_root_user(runtime: Stage) -> None:

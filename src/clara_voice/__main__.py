@@ -1,9 +1,10 @@
-"""``python -m clara_voice {start,dev,console,connect,download-files,outbox}``.
+"""``python -m clara_voice {start,dev,console,connect,download-files,outbox,web}``.
 
 Settings are read and validated first: a bad value, or a selected cloud provider without
 its API key, prints one line per variable and exits 2 before anything registers with
 LiveKit. Then livekit's CLI runs over a ClaraWorker; ``outbox`` is the operator's look at
-the outbox (:mod:`clara_voice.outbox_cli`).
+the outbox (:mod:`clara_voice.outbox_cli`), ``web`` serves the page to talk to Clara
+(:mod:`clara_voice.web`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> int:
     command = sys.argv[1:2]
     try:
         settings = load_settings()
-        if not {"download-files", "outbox"} & set(command):
+        if not {"download-files", "outbox", "web"} & set(command):
             check_providers(settings)
     except SettingsError as exc:
         for problem in exc.problems:
@@ -37,6 +38,10 @@ def main() -> int:
         from clara_voice.outbox_cli import main as outbox
 
         return outbox(sys.argv[2:], settings)
+    if command == ["web"]:
+        from clara_voice.web import main as web
+
+        return web(sys.argv[2:], settings)
 
     from livekit.agents import cli
 

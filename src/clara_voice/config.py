@@ -10,7 +10,7 @@ per bad variable (see :func:`load_settings`), never a traceback.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -20,18 +20,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as UnparsableSetting
 
 from clara_voice import _urls
 from clara_voice._provider_specs import LLMSpec, STTProvider, STTSpec, TTSFormat, TTSSpec
 from clara_voice._redact import remember_secrets, secrets_in
+from clara_voice._settings_base import ENV_PREFIX, PositiveSeconds, ServiceSettings
 from clara_voice._settings_errors import SettingsError, describe, describe_unparsable
 from clara_voice.states import SessionType
 
-ENV_PREFIX = "CLARA_"
-
-LogFormat = Literal["auto", "json", "console"]
 TurnDetection = Literal["vad", "stt", "eot"]
 
 DEFAULT_INSTRUCTIONS = (
@@ -40,128 +37,12 @@ DEFAULT_INSTRUCTIONS = (
     "markdown, lists, emoji or code. If you did not understand, ask the user to repeat."
 )
 DEFAULT_APOLOGY = "Sorry, something went wrong on my side. Could you say that again?"
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-
-PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
-class Settings(BaseSettings):
-    """Every knob of the service. Field docs are the README's configuration table."""
+class Settings(ServiceSettings):
+    """Every knob of the service. Field docs are the README's configuration table; the
+    first ones (LiveKit, worker, sessions) are declared in ``_settings_base.py``."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        frozen=True,
-        populate_by_name=False,
-    )
-
-    # -- LiveKit (standard names, `livekit-server --dev` defaults) --------------------------
-    livekit_url: str = Field(
-        default="ws://localhost:7880",
-        validation_alias="LIVEKIT_URL",
-        description="WebSocket URL of the LiveKit server or Cloud project.",
-    )
-    livekit_api_key: str = Field(
-        default="devkey",
-        validation_alias="LIVEKIT_API_KEY",
-        min_length=1,
-        description="API key the worker authenticates with.",
-    )
-    livekit_api_secret: SecretStr = Field(
-        default=SecretStr("secret"),
-        validation_alias="LIVEKIT_API_SECRET",
-        description="API secret the worker signs its tokens with.",
-    )
-
-    # -- worker -----------------------------------------------------------------------------
-    log_level: LogLevel = Field(default="INFO", description="Log level of clara_voice and livekit.")
-    log_format: LogFormat = Field(
-        default="auto",
-        description="`json`, `console`, or `auto` (JSON for `start`, readable for `dev`).",
-    )
-    http_host: str = Field(
-        default="0.0.0.0",
-        description="Interface of the health endpoint (`127.0.0.1` to keep it local).",
-    )
-    http_port: int = Field(
-        default=8081,
-        ge=0,
-        le=65535,
-        description="Port of the worker's health endpoint (`GET /` → 200 or 503).",
-    )
-    livekit_max_retry: int = Field(
-        default=16,
-        ge=0,
-        description="Retries of the LiveKit connection before the worker gives up and exits 1.",
-    )
-    drain_timeout: int = Field(
-        default=300,
-        ge=0,
-        description="Seconds a SIGTERM waits for running jobs to finish before closing them.",
-    )
-    job_shutdown_timeout: PositiveSeconds = Field(
-        default=30.0,
-        description="Seconds a closing job gets to end its sessions and flush the outbox "
-        "before it is killed.",
-    )
-    num_idle_processes: int | None = Field(
-        default=None,
-        ge=0,
-        description="Warm job processes kept ready (default: livekit's, the CPU count).",
-    )
-    load_threshold: float | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="Load (0-1: CPU, or 1 while an agent is in trouble) from which the worker "
-        "takes no new jobs (default: livekit's, 0.7 with `start`, none with `dev`).",
-    )
-    job_memory_warn_mb: float = Field(
-        default=1000, gt=0, description="A job process using more memory (MB) is logged."
-    )
-    job_memory_limit_mb: float = Field(
-        default=0, ge=0, description="A job process using more memory (MB) is ended (0: never)."
-    )
-
-    # -- sessions ---------------------------------------------------------------------------
-    health_check_interval: PositiveSeconds = Field(
-        default=30.0, description="Seconds between health checks of each room agent."
-    )
-    stuck_session_threshold: PositiveSeconds = Field(
-        default=1800.0, description="Age in seconds after which a session is reported as stuck."
-    )
-    reconnect_grace_period: PositiveSeconds = Field(
-        default=30.0,
-        description="Seconds a dropped participant's session waits for the same identity.",
-    )
-    prometheus_port: int | None = Field(
-        default=9464,
-        ge=0,
-        le=65535,
-        description="Port of the Prometheus `/metrics` endpoint (covers job processes); "
-        "empty to turn it off.",
-    )
-    unhealthy_loop_lag: PositiveSeconds = Field(
-        default=0.5,
-        description="Event-loop lag in seconds that makes an agent's health check fail.",
-    )
-    unhealthy_outbox_pending: int = Field(
-        default=10_000,
-        ge=1,
-        description="Undelivered outbox records that make an agent's health check fail.",
-    )
-    sync_interval: PositiveSeconds = Field(
-        default=5.0,
-        description="Seconds between checks of each session against the room (seed 003).",
-    )
-    max_reconnection_attempts: int = Field(
-        default=5,
-        ge=1,
-        description="Reconnection attempts (drops, quality losses) without a recovery before "
-        "a dropped participant's session ends.",
-    )
     data_dir: Path = Field(
         default=Path("./data"), description="Where the embedded store and outbox live."
     )
@@ -202,14 +83,14 @@ class Settings(BaseSettings):
     outbox_max_attempts: int = Field(
         default=10,
         ge=1,
-        description="Deliveries of a record failing with an unexpected error (not the backend's "
-        "answer) before it goes to the dead letters.",
+        description="Attempts at a record failing with an unexpected error (not the backend's "
+        "answer) before it is dead-lettered.",
     )
     outbox_max_bytes: int = Field(
         default=256 << 20,
         ge=1 << 20,
-        description="Bytes of undelivered records the outbox keeps; when full, new records "
-        "are refused (and logged), the oldest kept.",
+        description="Bytes of undelivered records kept; when full, new ones are refused "
+        "(loudly), the oldest kept.",
     )
 
     # -- conversation -----------------------------------------------------------------------
@@ -318,16 +199,45 @@ class Settings(BaseSettings):
         default=0.5, gt=0, lt=1, description="VAD probability that starts speech."
     )
 
-    @field_validator("livekit_url", "backend_url", "stt_base_url", "llm_base_url", "tts_base_url")
+    # -- the web page (`python -m clara_voice web`) ------------------------------------------
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="Interface of the web page and its token endpoint; beyond this machine "
+        "only with `CLARA_WEB_ALLOW_REMOTE`.",
+    )
+    web_port: int = Field(default=3000, ge=0, le=65535, description="Port of the web page.")
+    web_allow_remote: bool = Field(
+        default=False,
+        description="Let the web page listen beyond this machine: whoever reaches it gets "
+        "a LiveKit token.",
+    )
+    web_livekit_url: str | None = Field(
+        default=None,
+        description="LiveKit URL the browser connects to (default: `LIVEKIT_URL`).",
+    )
+    web_dist: Path = Field(
+        default=Path("./web/dist"), description="The built page (`make web` builds it)."
+    )
+
+    @field_validator(
+        "livekit_url",
+        "web_livekit_url",
+        "backend_url",
+        "stt_base_url",
+        "llm_base_url",
+        "tts_base_url",
+    )
     @classmethod
     def _check_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None or info.field_name == "livekit_url":
+        if value is None or info.field_name in ("livekit_url", "web_livekit_url"):
             return value if value is None else _urls.check_livekit_url(value)
         kind = (info.field_name or "").split("_")[0]  # backend, stt, llm, tts
         secret = "BACKEND_TOKEN" if kind == "backend" else f"{kind.upper()}_API_KEY"
         return _urls.check_http_url(value, credentials=ENV_PREFIX + secret)
 
-    @field_validator("prometheus_port", "num_idle_processes", "load_threshold", mode="before")
+    @field_validator(
+        "prometheus_port", "num_idle_processes", "load_threshold", "web_livekit_url", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -14,6 +14,9 @@ from typing import Literal, get_args
 SessionType = Literal["text", "voice-ptt", "voice-vad"]
 SESSION_TYPES: tuple[SessionType, ...] = get_args(SessionType)
 
+SESSION_TYPE_ATTRIBUTE = "clara.session_type"
+"""The participant attribute (set in its token, or later) naming the type it asks for."""
+
 ConnectionState = Literal["connecting", "connected", "reconnecting", "error", "closed"]
 
-__all__ = ["SESSION_TYPES", "ConnectionState", "SessionType"]
+__all__ = ["SESSION_TYPES", "SESSION_TYPE_ATTRIBUTE", "ConnectionState", "SessionType"]

@@ -31,8 +31,8 @@ from clara_voice.client.client import (
     mint_token,
     voice_to_voice_latency,
 )
+from clara_voice.states import SESSION_TYPE_ATTRIBUTE
 from clara_voice.voice.routing import RPC_END_TURN, RPC_START_TURN
-from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 from testkit.fakes import FakeLocalParticipant, FakeRoom, make_participant
 
 URL = "wss://clara.example"

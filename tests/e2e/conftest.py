@@ -19,6 +19,7 @@ import pytest
 
 from testkit.livekit_server import LiveKitServer, ServerMissingError
 from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
+from testkit.network import Outage, outage_unavailable
 from testkit.worker import (
     STARTUP_TIMEOUT,
     WorkerProcess,
@@ -48,6 +49,20 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def outage() -> Iterator[Outage]:
+    """Cuts the network of the processes in the client group (testkit/network.py) on demand;
+    the rules are removed when the test ends."""
+    if (why := outage_unavailable()) is not None:
+        pytest.fail(why, pytrace=False)
+    outage = Outage()
+    outage.install()
+    try:
+        yield outage
+    finally:
+        outage.uninstall()
 
 
 class Providers:

@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,24 +16,12 @@ from testkit.audio import speech_wav
 from testkit.checks import event, wait_rows
 from testkit.client_proc import ClientProcess
 from testkit.livekit_server import ROOT, LiveKitServer
-from testkit.network import Outage, outage_unavailable
+from testkit.network import Outage
 from testkit.worker import LogLine, WorkerProcess
 from tests.e2e.conftest import Providers, StartClara
 
 OUTAGE = 5.0
 StartErin = Callable[[], Awaitable[ClientProcess]]
-
-
-@pytest.fixture
-def outage() -> Iterator[Outage]:
-    if (why := outage_unavailable()) is not None:
-        pytest.fail(why, pytrace=False)
-    outage = Outage()
-    outage.install()
-    try:
-        yield outage
-    finally:
-        outage.uninstall()
 
 
 @pytest.fixture

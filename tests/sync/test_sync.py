@@ -22,7 +22,7 @@ from clara_voice.agent.registry import SessionRegistry
 from clara_voice.agent.session import ParticipantSession, new_session_id
 from clara_voice.config import Settings
 from clara_voice.logging import get_logger
-from clara_voice.states import ConnectionState, SessionType
+from clara_voice.states import SESSION_TYPE_ATTRIBUTE, ConnectionState, SessionType
 from clara_voice.sync.protocol import (
     MAX_REQUEST_BYTES,
     RPC_SET_SESSION_TYPE,
@@ -32,7 +32,6 @@ from clara_voice.sync.protocol import (
 )
 from clara_voice.sync.service import SessionSync
 from clara_voice.telemetry import ErrorSource
-from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 from testkit.fakes import FakePipeline, FakePipelineFactory, FakeRoom
 from testkit.tasks import other_tasks, settle
 

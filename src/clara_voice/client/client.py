@@ -21,11 +21,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from livekit import api, rtc
+from livekit import rtc
 from livekit.agents.utils import aio
 
 from clara_voice.client.audio import (
@@ -45,9 +44,8 @@ from clara_voice.client.connection import (
     RoomLike,
 )
 from clara_voice.logging import get_logger
-from clara_voice.states import SessionType
+from clara_voice.tokens import mint_token
 from clara_voice.voice.routing import RPC_END_TURN, RPC_START_TURN
-from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_REPLY = 0, 1, 2, 3
 
@@ -72,27 +70,6 @@ class ClientResult:
         if self.state == "failed":
             return EXIT_FAILED
         return EXIT_NO_REPLY if self.spoke and self.latency is None else EXIT_OK
-
-
-def mint_token(
-    *,
-    api_key: str,
-    api_secret: str,
-    room: str,
-    identity: str,
-    session_type: SessionType | None = None,
-    ttl: timedelta = timedelta(hours=1),
-) -> str:
-    """A participant token for ``room``, asking for ``session_type`` if given."""
-    token = (
-        api.AccessToken(api_key, api_secret)
-        .with_identity(identity)
-        .with_grants(api.VideoGrants(room_join=True, room=room))
-        .with_ttl(ttl)
-    )
-    if session_type is not None:
-        token = token.with_attributes({SESSION_TYPE_ATTRIBUTE: session_type})
-    return token.to_jwt()
 
 
 class VoiceClient(rtc.EventEmitter[Literal["connection_state_changed"]]):

@@ -22,7 +22,7 @@ from livekit import rtc
 
 from clara_voice._ratelimit import RateLimits
 from clara_voice.logging import ContextLogger
-from clara_voice.states import SessionType
+from clara_voice.states import SESSION_TYPE_ATTRIBUTE, SessionType
 from clara_voice.sync.protocol import (
     RequestError,
     SessionConfig,
@@ -32,7 +32,6 @@ from clara_voice.sync.protocol import (
     parse_type_request,
 )
 from clara_voice.sync.seams import SyncedSession, SyncSessions
-from clara_voice.voice.turns import SESSION_TYPE_ATTRIBUTE
 
 
 class TypeSwitch(Protocol):

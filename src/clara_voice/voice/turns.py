@@ -31,12 +31,10 @@ from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
 
 from clara_voice.config import Settings
 from clara_voice.logging import ContextLogger
-from clara_voice.states import SESSION_TYPES, SessionType
+from clara_voice.states import SESSION_TYPE_ATTRIBUTE, SESSION_TYPES, SessionType
 
 if TYPE_CHECKING:
     from livekit.agents import AgentSession
-
-SESSION_TYPE_ATTRIBUTE = "clara.session_type"
 
 
 def resolve_session_type(
