@@ -29,7 +29,7 @@ from clara_voice._settings_base import ENV_PREFIX, PositiveSeconds, ServiceSetti
 from clara_voice._settings_errors import SettingsError, describe, describe_unparsable
 from clara_voice.states import SessionType
 
-TurnDetection = Literal["vad", "stt", "eot"]
+TurnDetection = Literal["vad", "stt", "eot", "transcript"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are Clara, a friendly and concise voice assistant. Your replies are spoken aloud: "
@@ -174,15 +174,27 @@ class Settings(ServiceSettings):
 
     # -- turn handling ----------------------------------------------------------------------
     turn_detection: TurnDetection = Field(
-        default="vad",
-        description="voice-vad end of turn: `vad` (silence), `stt` (the STT's endpointing) "
-        "or `eot` (livekit's bundled end-of-turn model).",
+        default="transcript",
+        description="voice-vad end of turn: `vad` (silence), `stt` (the STT's endpointing), "
+        "`eot` (livekit's bundled end-of-turn model) or `transcript` (whether the words "
+        "heard so far end a sentence).",
+    )
+    preemptive_generation: Literal["off", "llm", "llm_tts"] = Field(
+        default="llm",
+        description="Start the reply before the turn is confirmed: `llm` (livekit's default), "
+        "`llm_tts` (the speech too) or `off`.",
     )
     min_endpointing_delay: float = Field(
-        default=0.5, ge=0, description="Seconds of silence before a turn may end."
+        default=0.2,
+        ge=0,
+        description="Seconds after the end of speech before a finished turn ends (a turn "
+        "whose words end a sentence, or every turn with `vad`).",
     )
     max_endpointing_delay: float = Field(
-        default=3.0, ge=0, description="Longest wait for the end of a turn."
+        default=1.2,
+        ge=0,
+        description="Seconds after the end of speech before an unfinished-sounding turn "
+        "ends (`transcript`, `eot`).",
     )
     allow_interruptions: bool = Field(
         default=True, description="Whether the participant can interrupt Clara by speaking."
@@ -191,9 +203,10 @@ class Settings(ServiceSettings):
         default=0.5, ge=0, description="Seconds of speech that count as an interruption."
     )
     vad_min_silence_duration: float = Field(
-        default=0.7,
+        default=0.2,
         gt=0,
-        description="Silence the VAD needs to end a speech segment (see the latency table).",
+        description="Silence the VAD needs to end a speech segment; with `vad` turn "
+        "detection, 0.7 keeps mid-sentence pauses (docs/benchmarks.md).",
     )
     vad_activation_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="VAD probability that starts speech."

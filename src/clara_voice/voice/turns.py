@@ -11,8 +11,9 @@ type        turn detection      how a turn ends
 ==========  ==================  ===========================================================
 text        none                each text message is a turn; no audio in or out
 voice-ptt   client (manual)     the client calls the push-to-talk RPCs (voice/routing.py)
-voice-vad   server              silence (`vad`), the STT's endpointing (`stt`), or livekit's
-                                bundled end-of-turn model (`eot`): ``CLARA_TURN_DETECTION``
+voice-vad   server              silence (`vad`), the STT's endpointing (`stt`), livekit's
+                                bundled end-of-turn model (`eot`), or whether the words
+                                end a sentence (`transcript`): ``CLARA_TURN_DETECTION``
 ==========  ==================  ===========================================================
 
 :data:`SESSION_TYPE_CONFIGS` is that table as data (seed 003's "session type mapping");
@@ -32,6 +33,7 @@ from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
 from clara_voice.config import Settings
 from clara_voice.logging import ContextLogger
 from clara_voice.states import SESSION_TYPE_ATTRIBUTE, SESSION_TYPES, SessionType
+from clara_voice.voice.completeness import TranscriptTurnDetector
 
 if TYPE_CHECKING:
     from livekit.agents import AgentSession
@@ -130,7 +132,12 @@ def turn_detection_mode(
     if settings.turn_detection == "eot":
         detection: TurnDetectionMode = eot()
         return detection
+    if settings.turn_detection == "transcript":
+        return _TRANSCRIPT
     return settings.turn_detection
+
+
+_TRANSCRIPT = TranscriptTurnDetector()  # stateless: one serves every session
 
 
 def turn_handling(
@@ -142,6 +149,10 @@ def turn_handling(
         "endpointing": {
             "min_delay": settings.min_endpointing_delay,
             "max_delay": settings.max_endpointing_delay,
+        },
+        "preemptive_generation": {
+            "enabled": settings.preemptive_generation != "off",
+            "preemptive_tts": settings.preemptive_generation == "llm_tts",
         },
         "interruption": {
             "enabled": settings.allow_interruptions,
