@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from bench._fake_replies import FakeLLM, FakeTTS
 from bench._fakes import REALISTIC, Delay, FakeSTT
 
