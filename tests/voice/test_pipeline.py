@@ -5,6 +5,7 @@ captured at livekit's audio output seam."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -114,6 +115,44 @@ async def test_a_dropped_tts_connection_still_gets_a_spoken_apology(harness: Har
     await answer.wait_finished(timeout=TURN_TIMEOUT)
     assert harness.openai.speech_requests[-1]["input"] == "Second answer."
     assert energy(answer.frames) > 0.01
+
+
+async def test_an_apology_the_tts_fails_too_is_the_bundled_clip_and_no_error_escapes(
+    harness: Harness,
+) -> None:
+    """Regression (issue 11's fault pass): when the LLM failed a turn and the TTS then
+    failed the spoken apology too (one bad OpenAI key does both), the participant heard
+    nothing and livekit's ``tts_say`` task ended with the TTS error that nobody read:
+    asyncio logged "Task exception was never retrieved" with a traceback. Now the TTS's
+    failure is counted as its own and apologised for with the bundled clip, once, and
+    nothing reaches the loop's exception handler."""
+    loop = asyncio.get_running_loop()
+    escaped: list[dict[str, object]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: escaped.append(context))
+    try:
+        harness.deepgram.transcripts = ["first question"]
+        harness.openai.fail("chat", "status_500")
+        harness.openai.fail("speech", "status_500", count=10)
+        session = await harness.join("alice")
+        speaker = harness.media["alice"].speaker
+        assert speaker is not None
+
+        harness.speak("alice", "Tell me something.")
+        apology = await speaker.next_segment(timeout=TURN_TIMEOUT)
+        await apology.wait_finished(timeout=TURN_TIMEOUT)
+        assert energy(apology.frames) > 0.01  # the bundled clip
+        assert apology.duration > 3.0
+        asked = harness.openai.speech_requests[-1]["input"]  # its first sentence, refused
+        assert harness.settings.apology.startswith(asked)
+        assert harness.agent.error_count == 2  # the LLM's failure, then the TTS's
+        assert len(speaker.segments) == 1  # the clip, once
+
+        await harness.agent.cleanup_session(session.session_id)
+        gc.collect()  # a task whose exception nobody read says so when it is collected
+        assert escaped == []
+    finally:
+        loop.set_exception_handler(previous)
 
 
 async def test_push_to_talk_turns_start_and_end_only_by_the_participants_rpc(

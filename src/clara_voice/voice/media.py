@@ -21,7 +21,8 @@ from importlib import resources
 from typing import Any, Protocol, cast
 
 from livekit import rtc
-from livekit.agents import AgentSession
+from livekit.agents import AgentSession, APIError, tts
+from livekit.agents.types import APIConnectOptions
 from livekit.agents.voice import room_io
 
 from clara_voice.logging import ContextLogger
@@ -139,3 +140,33 @@ async def apology_audio() -> AsyncIterator[rtc.AudioFrame]:
         samples = rate * _APOLOGY_FRAME_MS // 1000
         while chunk := wav.readframes(samples):
             yield rtc.AudioFrame(chunk, rate, 1, len(chunk) // 2)
+
+
+async def spoken_apology(
+    speech: tts.TTS[Any] | None, text: str, conn_options: APIConnectOptions, log: ContextLogger
+) -> AsyncIterator[rtc.AudioFrame]:
+    """``text`` in the TTS's voice, or the bundled clip when there is no TTS.
+
+    The apology is handed to livekit as audio, never as text for livekit to synthesize: a
+    TTS that failed the apology too ended livekit's ``tts_say`` task with an error nobody
+    read ("Task exception was never retrieved", a traceback in the log). When the TTS fails
+    it here, the apology ends: the TTS has reported its failure as the session's error (an
+    ``APIError``; livekit emits it before raising), which is counted and apologised for
+    with the clip. Anything else the TTS raises has reported nothing, so the clip speaks
+    here."""
+    if speech is None:
+        async for frame in apology_audio():
+            yield frame
+        return
+    try:
+        async with speech.synthesize(text, conn_options=conn_options) as stream:
+            async for audio in stream:
+                yield audio.frame
+        return
+    except APIError as exc:
+        log.warning("the TTS could not speak the apology", extra={"error": str(exc)})
+        return
+    except Exception as exc:  # not the TTS's own report: nothing else will apologise
+        log.warning("the TTS could not speak the apology", exc_info=exc)
+    async for frame in apology_audio():
+        yield frame

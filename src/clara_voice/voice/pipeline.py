@@ -45,7 +45,7 @@ from clara_voice.logging import ContextLogger, get_logger
 from clara_voice.states import SessionType
 from clara_voice.voice._livekit_job import forget_job_shutdown_callbacks
 from clara_voice.voice.assistant import ClaraAssistant
-from clara_voice.voice.media import MediaBinding, MediaLink, RoomMedia, apology_audio
+from clara_voice.voice.media import MediaBinding, MediaLink, RoomMedia, spoken_apology
 from clara_voice.voice.messages import HistoryMessage, history_message, turn_metrics
 from clara_voice.voice.providers import Providers, build_providers, connect_options
 from clara_voice.voice.routing import ChatRouter, PushToTalk
@@ -318,14 +318,16 @@ class LiveKitPipeline:
             self._events.pipeline_closed(reason.value, error=reason == CloseReason.ERROR)
 
     def _apologize(self, *, tts_failed: bool) -> None:
-        output = self.agent_session.output
-        speaking = output.audio is not None and output.audio_enabled
-        audio = apology_audio() if speaking and tts_failed else None
+        session = self.agent_session
+        output = session.output
         try:
-            if audio is not None:
-                self.agent_session.say(self._apology, audio=audio, add_to_chat_ctx=False)
+            if output.audio is not None and output.audio_enabled:
+                speech = None if tts_failed else session.tts
+                options = session.conn_options.tts_conn_options
+                audio = spoken_apology(speech, self._apology, options, self._log)
+                session.say(self._apology, audio=audio, add_to_chat_ctx=False)
             else:
-                self.agent_session.say(self._apology, add_to_chat_ctx=False)
+                session.say(self._apology, add_to_chat_ctx=False)
         except RuntimeError as exc:  # the session is closing
             self._log.warning("could not apologize", exc_info=exc)
 
