@@ -1,5 +1,9 @@
 """Each participant's conversation is private, enforced by the SFU: Alice and Bob talk to
-Clara in the same room; neither hears, reads or is told anything of the other's."""
+Clara in the same room; neither hears, reads or is told anything of the other's.
+
+Regression (issue 9): every conversation was broadcast to the whole room (each
+participant's agent track open to every subscriber, transcripts sent with no
+destination), which only a real SFU could show."""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """The room view each participant's RoomIO gets: what the agent sends goes to that
-participant only (tests/e2e/test_privacy.py proves it through a real SFU)."""
+participant only (tests/e2e/test_privacy.py proves it through a real SFU).
+
+Regression (issue 9): every participant's RoomIO published its agent audio track with
+default subscription permissions and sent its transcripts on ``lk.transcription`` with no
+destination, so Bob heard Clara's answers to Alice and read Alice's transcript; all the
+RoomIOs overwrote the one ``lk.agent.state`` attribute; an ended session's track stayed
+published. Each test below pins one of those."""
 
 from __future__ import annotations
 
