@@ -171,6 +171,29 @@ async def test_the_agents_own_reconnect_moves_every_session(
     assert factory.open_pipelines == []
 
 
+async def test_the_agents_reconnect_leaves_a_participants_own_poor_link_reconnecting(
+    live: ClaraVoiceAgent, room: FakeRoom, factory: FakePipelineFactory
+) -> None:
+    """Regression (found by the property below): the agent's own ``reconnected`` moved every
+    ``reconnecting`` session back to ``connected``, also one whose participant's link was
+    still poor; its next POOR report counted another attempt, so a participant on a poor
+    link while the agent's link flapped ran up attempts without bound (4 after three
+    flaps, past the limit of 2 that every other path keeps)."""
+    carol = await joined(live, room, "carol")
+    bob = await joined(live, room, "bob")
+    room.quality("carol", POOR)
+    for _ in range(3):
+        room.emit("reconnecting")
+        room.emit("reconnected")
+        room.quality("carol", POOR)
+    assert carol.connection_state == "reconnecting"  # type: ignore[attr-defined]
+    assert carol.reconnection_attempts == 1  # type: ignore[attr-defined]
+    assert bob.connection_state == "connected"  # type: ignore[attr-defined]
+    room.quality("carol", GOOD)
+    assert carol.connection_state == "connected"  # type: ignore[attr-defined]
+    assert factory.open_pipelines == factory.started
+
+
 # -- property: random sequences of room events keep the invariants -----------------------
 
 IDENTITIES = ("alice", "bob", "carol")

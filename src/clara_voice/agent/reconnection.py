@@ -14,7 +14,8 @@ three things:
   otherwise it is cleaned up. The pipeline's media follows the identity by itself
   (livekit's RoomIO picks the returning participant's new track up);
 - the agent's own room connection: ``reconnecting`` moves every live session to
-  ``reconnecting``, ``reconnected`` moves them back, ``disconnected`` cleans everything up.
+  ``reconnecting``, ``reconnected`` moves back the ones it moved (a participant whose own
+  link is poor stays ``reconnecting``), ``disconnected`` cleans everything up.
 
 More than ``CLARA_MAX_RECONNECTION_ATTEMPTS`` drops without a recovery, or a grace period
 that runs out, ends the session with a full cleanup (its summary persisted).
@@ -79,6 +80,9 @@ class Reconnection:
         self._log = log
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._room_down = False
+        self._moved_by_room: set[str] = set()
+        """Sessions the agent's own lost link put in ``reconnecting``: only these go back to
+        ``connected`` when it comes back (a participant's own poor link stays)."""
         self._started = False
 
     def start(self) -> None:
@@ -112,6 +116,7 @@ class Reconnection:
     def hold(self, session: ParticipantSession, reason: str) -> None:
         """Keep a dropped participant's session for the grace period."""
         self._registry.transition(session, "reconnecting", reason=f"participant dropped ({reason})")
+        self._moved_by_room.discard(session.session_id)
         self._count_attempt(session)
         if self._exhausted(session):
             return
@@ -132,6 +137,7 @@ class Reconnection:
 
     def forget(self, session_id: str) -> None:
         """The session ended: drop its grace timer."""
+        self._moved_by_room.discard(session_id)
         if (timer := self._grace.pop(session_id, None)) is not None:
             timer.cancel()
 
@@ -160,11 +166,18 @@ class Reconnection:
                 self._registry.transition(
                     session, "reconnecting", reason="agent's room connection lost"
                 )
+                self._moved_by_room.add(session.session_id)
 
     def _on_room_reconnected(self) -> None:
         self._room_down = False
-        for session in list(self._registry.sessions.values()):
-            if session.connection_state == "reconnecting" and session.session_id not in self._grace:
+        moved, self._moved_by_room = self._moved_by_room, set()
+        for session_id in moved:
+            session = self._registry.sessions.get(session_id)
+            if (
+                session is not None
+                and session.connection_state == "reconnecting"
+                and session_id not in self._grace
+            ):
                 self._registry.transition(
                     session, "connected", reason="agent's room connection recovered"
                 )
