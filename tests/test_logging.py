@@ -12,8 +12,13 @@ import pytest
 from livekit.agents import JobContext
 from livekit.agents.cli.log import setup_logging
 
-from clara_voice.config import Settings
-from clara_voice.logging import build_formatter, configure_logging, get_logger
+from clara_voice.config import Settings, load_settings
+from clara_voice.logging import (
+    LEVELLED_LOGGERS,
+    build_formatter,
+    configure_logging,
+    get_logger,
+)
 from clara_voice.worker import entrypoint
 from testkit.fakes import FakeRoom, fake_factory
 from testkit.tasks import settle
@@ -118,3 +123,49 @@ async def test_every_record_of_a_job_carries_job_id_and_room(
     joined = next(r for r in records if r["event"] == "session initialized")
     assert joined["participant"] == "alice"
     assert joined["session_id"].startswith("session_")
+
+
+LIVEKIT_LOGGERS = ("livekit.agents", "livekit.plugins.openai", "livekit.plugins.deepgram")
+"""livekit's own logger and the loggers of the provider plugins clara_voice registers."""
+
+
+@pytest.fixture
+def restore_levels() -> Iterator[None]:
+    """configure_logging sets livekit's and the plugins' loggers: put their levels back."""
+    levels = {name: logging.getLogger(name).level for name in {*LEVELLED_LOGGERS, *LIVEKIT_LOGGERS}}
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("livekit_cli_level", "clara_log_level", "rendered_levels"),
+    [("INFO", "DEBUG", {"debug", "info"}), ("DEBUG", "INFO", {"info"})],
+    ids=["debug-lowers-livekit", "info-raises-livekit"],
+)
+def test_clara_log_level_is_the_level_of_livekits_own_loggers(
+    monkeypatch: pytest.MonkeyPatch,
+    restore_root: None,
+    restore_levels: None,
+    livekit_cli_level: str,
+    clara_log_level: str,
+    rendered_levels: set[str],
+) -> None:
+    """issue 11: CLARA_LOG_LEVEL is livekit's level too, whatever livekit's CLI set on its
+    loggers first: with DEBUG, the debug records of livekit.agents and of the provider
+    plugins (livekit.plugins.openai, livekit.plugins.deepgram) are rendered; with INFO
+    they are not."""
+    for name in LIVEKIT_LOGGERS:  # livekit's CLI sets its --log-level before our code runs
+        logging.getLogger(name).setLevel(livekit_cli_level)
+    monkeypatch.setenv("CLARA_LOG_LEVEL", clara_log_level)
+    stream = io.StringIO()
+    configure_logging(level=load_settings().log_level, fmt="json", stream=stream)
+
+    for name in LIVEKIT_LOGGERS:
+        logging.getLogger(name).debug("debug of %s", name)
+        logging.getLogger(name).info("info of %s", name)
+
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert {(line["logger"], line["level"], line["event"]) for line in lines} == {
+        (name, level, f"{level} of {name}") for name in LIVEKIT_LOGGERS for level in rendered_levels
+    }

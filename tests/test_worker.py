@@ -7,15 +7,18 @@ import json
 import logging
 import pickle
 import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from livekit import rtc
-from livekit.agents import JobContext, JobExecutorType, JobProcess
+from livekit.agents import JobContext, JobExecutorType, JobProcess, Plugin
 
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE
-from clara_voice.config import Settings
+from clara_voice.config import Settings, load_settings
+from clara_voice.logging import LEVELLED_LOGGERS
 from clara_voice.persistence.sqlite import DB_FILENAME
 from clara_voice.worker import (
     VAD_USERDATA_KEY,
@@ -28,6 +31,7 @@ from clara_voice.worker import (
 )
 from testkit.fakes import FakeRoom, fake_factory, slow_closing_factory
 from testkit.tasks import settle
+from testkit.worker import free_port
 
 
 async def run_shutdown_callbacks(ctx: JobContext) -> None:
@@ -252,3 +256,85 @@ async def test_a_room_lost_before_the_shutdown_still_persists_every_summary(
     await run_shutdown_callbacks(job_ctx)
 
     assert stored_summaries(settings) == ["alice", "bob"]
+
+
+# -- issue 11: hardening settings reach livekit and the operator -------------------------------
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """ClaraWorker.run configures logging for the whole process: put it back afterwards."""
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    named = [*LEVELLED_LOGGERS, *(p.logger.name for p in Plugin.registered_plugins if p.logger)]
+    levels = {name: logging.getLogger(name).level for name in named}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(root_level)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    logging.captureWarnings(False)
+
+
+def test_job_memory_settings_reach_livekits_process_pool(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """issue 11: CLARA_JOB_MEMORY_WARN_MB and CLARA_JOB_MEMORY_LIMIT_MB are the job process
+    memory bounds livekit's AgentServer hands its process pool (not livekit's defaults,
+    1000 MB warn and no limit)."""
+    monkeypatch.setenv("CLARA_JOB_MEMORY_WARN_MB", "640")
+    monkeypatch.setenv("CLARA_JOB_MEMORY_LIMIT_MB", "1536.5")
+
+    worker = ClaraWorker(load_settings(data_dir=tmp_path / "data"))
+
+    # the options AgentServer.run passes to ProcPool as memory_warn_mb / memory_limit_mb
+    assert worker._job_memory_warn_mb == 640
+    assert worker._job_memory_limit_mb == 1536.5
+
+
+async def test_a_token_over_plain_http_is_allowed_when_asked_and_the_worker_warns_at_start(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    restore_logging: None,
+) -> None:
+    """issue 11: CLARA_BACKEND_ALLOW_INSECURE_HTTP=true lets CLARA_BACKEND_TOKEN go over
+    plain http to another host (the settings load), and the worker says so in a warning
+    line when it starts. The backend is never contacted (no job runs); LiveKit is a closed
+    loopback port, so the worker gives up at once."""
+    backend_url = "http://192.0.2.10:8080/api"  # TEST-NET-1: not this machine, never reached
+    token = "tok-plain-http-4411"
+    monkeypatch.setenv("CLARA_BACKEND", "http")
+    monkeypatch.setenv("CLARA_BACKEND_URL", backend_url)
+    monkeypatch.setenv("CLARA_BACKEND_TOKEN", token)
+    monkeypatch.setenv("CLARA_BACKEND_ALLOW_INSECURE_HTTP", "true")
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        livekit_url=f"ws://127.0.0.1:{free_port()}",
+        livekit_max_retry=0,
+        http_host="127.0.0.1",
+        http_port=0,
+        prometheus_port=None,
+        num_idle_processes=0,
+    )
+    assert settings.backend_token_in_clear()
+
+    worker = ClaraWorker(settings)
+    try:
+        await worker.run()  # `start`: JSON lines on stdout
+    finally:
+        await worker.aclose()  # livekit leaves its HTTP server and session open when it gives up
+    assert worker.gave_up
+
+    output = capsys.readouterr().out
+    lines = [json.loads(line) for line in output.splitlines()]
+    assert lines[0] | {"timestamp": None} == {  # the first line, before livekit's own
+        "event": "CLARA_BACKEND_TOKEN goes to the backend over plain http, readable on the way "
+        "(CLARA_BACKEND_ALLOW_INSECURE_HTTP=true)",
+        "level": "warning",
+        "logger": "clara_voice.worker",
+        "backend_url": backend_url,
+        "timestamp": None,
+    }
+    assert any(line["logger"] == "livekit.agents" for line in lines[1:])
+    assert token not in output

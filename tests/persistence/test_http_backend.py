@@ -9,14 +9,16 @@ import logging
 import traceback
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 import clara_voice
 from clara_voice.persistence.base import BackendError, OutboxRecord, RecordKind, StoredMessage
-from clara_voice.persistence.http import RECORD_PATHS, HttpBackend
+from clara_voice.persistence.http import MAX_RESPONSE_BYTES, RECORD_PATHS, HttpBackend
 from testkit.loopback_backend import LoopbackBackend
 
 TOKEN = "tok-5f1d9c0e-very-secret"
@@ -590,3 +592,109 @@ async def test_no_socket_or_session_outlives_aclose(server: LoopbackBackend) -> 
         del backend
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+# -- the response bound -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def stalled_backend(status: int, head: bytes) -> AsyncIterator[str]:
+    """A backend on 127.0.0.1 answering every request with ``status`` and a body that starts
+    with ``head`` and never ends (it announces 1 MiB more, then stalls): a client reading
+    the whole body waits until its timeout. Yields the base URL."""
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=status)
+        response.content_length = len(head) + MAX_RESPONSE_BYTES
+        response.content_type = "application/json"
+        await response.prepare(request)
+        await response.write(head)
+        await release.wait()  # the rest never comes
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+def messages_body(size: int) -> bytes:
+    """A valid messages reply of exactly ``size`` bytes: one message padded to fit."""
+    empty = b'{"messages": [{"role": "user", "text": "", "at": "t1"}]}'
+    return empty.replace(b'"text": ""', b'"text": "' + b"x" * (size - len(empty)) + b'"')
+
+
+async def test_history_just_under_the_response_bound_is_loaded(
+    server: LoopbackBackend, backend: HttpBackend
+) -> None:
+    """issue 11: a history reply of exactly MAX_RESPONSE_BYTES (1 MiB) is read whole and
+    loaded."""
+    body = messages_body(MAX_RESPONSE_BYTES)
+    assert len(body) == MAX_RESPONSE_BYTES
+    server.answer(200, body.decode())
+
+    [message] = await backend.get_recent_messages("c1", 5)
+
+    assert message.role == "user"
+    assert len(message.text) == MAX_RESPONSE_BYTES - len(messages_body(0))
+
+
+@pytest.mark.parametrize("call", ["history", "join"])
+async def test_a_reply_just_over_the_response_bound_is_invalid_and_not_read_whole(
+    call: str,
+) -> None:
+    """issue 11: a history (or join) reply of MAX_RESPONSE_BYTES + 1 bytes is refused as an
+    invalid, non-retryable response after reading just those bytes: the backend sends
+    them and stalls, so reading on would end in a (retryable) timeout instead."""
+    head = messages_body(MAX_RESPONSE_BYTES + 1)
+    async with (
+        stalled_backend(200, head) as base_url,
+        HttpBackend(base_url, token=SecretStr(TOKEN), timeout=3.0) as backend,
+    ):
+        if call == "history":
+            error = await failure(backend.get_recent_messages("c1", 5))
+        else:
+            error = await failure(backend.agent_joined(room="room-1", conversation_id="c1"))
+
+    assert not error.retryable
+    assert "invalid response" in str(error)
+    assert f"over {MAX_RESPONSE_BYTES} bytes" in str(error)
+
+
+@pytest.mark.parametrize("status", [201, 409])
+async def test_a_delivery_answered_with_an_endless_body_is_stored_by_its_status(
+    status: int,
+) -> None:
+    """issue 11: a delivery needs only the status: 2xx (or 409, already stored) with a body
+    over MAX_RESPONSE_BYTES that never ends is a success, after reading at most the bound
+    (reading on would end in a timeout, and the stored record would be sent again)."""
+    async with (
+        stalled_backend(status, b"x" * (MAX_RESPONSE_BYTES + 1)) as base_url,
+        HttpBackend(base_url, token=SecretStr(TOKEN), timeout=3.0) as backend,
+    ):
+        await backend.deliver(turn(1))
+
+
+async def test_a_refused_delivery_with_an_endless_body_says_why_without_reading_it_whole() -> None:
+    """issue 11: a delivery refused (HTTP 400) with an error body over MAX_RESPONSE_BYTES
+    that never ends fails as refused, not retryable, quoting the start of the body (not as
+    a timeout after reading on)."""
+    head = b'{"error": "text must not be empty"}' + b" " * MAX_RESPONSE_BYTES
+    async with (
+        stalled_backend(400, head) as base_url,
+        HttpBackend(base_url, token=SecretStr(TOKEN), timeout=3.0) as backend,
+    ):
+        error = await failure(backend.deliver(turn(1)))
+
+    assert not error.retryable
+    assert error.status == 400
+    assert str(error) == 'POST /turns: HTTP 400 Bad Request: {"error": "text must not be empty"}'
