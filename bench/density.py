@@ -65,6 +65,7 @@ from typing import Any  # noqa: E402
 import psutil  # type: ignore[import-untyped]  # noqa: E402
 from livekit import api  # noqa: E402
 
+from bench._loop import StallMeter  # noqa: E402
 from bench.density_procs import MachineMeter, TreeMeter, children_named, tree  # noqa: E402
 from bench.density_report import Phase, first_past, set_inflation, table  # noqa: E402
 from bench.density_rooms import UTTERANCE, RoomRun, close_rooms, converse, open_room  # noqa: E402
@@ -108,29 +109,6 @@ def machine() -> dict[str, Any]:
         "livekit_rtc": metadata.version("livekit"),
         "livekit_server": server_version(),
     }
-
-
-class LagMeter:
-    """The largest lateness of a 20 ms timer on this process's loop (the clients' loop)."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + 0.02
-            await asyncio.sleep(0.02)
-            self.worst = max(self.worst, loop.time() - due)
-
-    def __enter__(self) -> LagMeter:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
 
 class Bench:
@@ -195,7 +173,7 @@ class Bench:
         args = self.args
         bench = psutil.Process()
         bench_cpu0 = sum(bench.cpu_times()[:2])
-        with MachineMeter().window() as busy, LagMeter() as lag:
+        with MachineMeter().window() as busy, StallMeter(0.02) as lag:
             async with contextlib.AsyncExitStack() as stack:
                 usage = await stack.enter_async_context(TreeMeter(root).window())
                 server_usage = None

@@ -39,7 +39,14 @@ import psutil  # type: ignore[import-untyped]
 from bench.density_procs import tree
 from testkit.livekit_server import LiveKitServer
 from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
-from testkit.worker import STARTUP_TIMEOUT, LogLine, WorkerProcess, free_port, worker_env
+from testkit.worker import (
+    STARTUP_TIMEOUT,
+    LogLine,
+    WorkerProcess,
+    free_port,
+    running_worker,
+    worker_env,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTLE_TIMEOUT = 60.0
@@ -182,26 +189,9 @@ async def running(
     """The variant's worker, registered with ``server``; killed with its group on exit."""
     data = workdir / f"data-{variant.name}"
     env = _env(variant, server, providers, data)
-    proc = await asyncio.create_subprocess_exec(
-        *_command(variant),
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        limit=1 << 20,
-    )
-    worker = WorkerProcess(
-        proc,
-        http_port=int(env["CLARA_HTTP_PORT"]),
-        metrics_port=int(env["CLARA_PROMETHEUS_PORT"]),
-    )
-    try:
+    async with running_worker(env, ROOT, _command(variant)) as worker:
         await worker.wait_line(registered, "saying it registered", timeout=STARTUP_TIMEOUT)
         yield worker
-    finally:
-        await worker.finish()
 
 
 def _busy(processes: list[psutil.Process]) -> float:

@@ -40,6 +40,7 @@ from typing import Any  # noqa: E402
 
 from pydantic import SecretStr  # noqa: E402
 
+from bench._loop import StallMeter  # noqa: E402
 from clara_voice.persistence import Backend, OutboxRecord  # noqa: E402
 from clara_voice.persistence.http import HttpBackend  # noqa: E402
 from clara_voice.persistence.outbox import Outbox  # noqa: E402
@@ -67,29 +68,6 @@ def record(i: int) -> OutboxRecord:
     )
 
 
-class StallMeter:
-    """The largest lateness of a periodic 5 ms sleep: how long the loop was unavailable."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + TICK
-            await asyncio.sleep(TICK)
-            self.worst = max(self.worst, loop.time() - due)
-
-    def __enter__(self) -> StallMeter:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-
 async def produce(put: Callable[[OutboxRecord], Awaitable[None]], n: int, burst: int) -> float:
     """Put ``n`` records in bursts without awaiting each; seconds until all acknowledged."""
     start = time.perf_counter()
@@ -106,7 +84,7 @@ async def through_outbox(backend: Backend, n: int, burst: int) -> dict[str, Any]
     with tempfile.TemporaryDirectory() as tmp:
         outbox = Outbox(Path(tmp), backend)
         await outbox.start()
-        with StallMeter() as meter:
+        with StallMeter(TICK) as meter:
             start = time.perf_counter()
             acked = await produce(lambda r: outbox.put_nowait(r), n, burst)
             await outbox.wait_drained()
@@ -147,7 +125,7 @@ async def naive_on_loop(n: int, burst: int) -> dict[str, Any]:
                     "INSERT OR IGNORE INTO turns VALUES (?, ?)", (r.key, json.dumps(r.payload))
                 )
 
-        with StallMeter() as meter:
+        with StallMeter(TICK) as meter:
             elapsed = await produce(lambda r: asyncio.ensure_future(save(r)), n, burst)
         db.close()
     return {

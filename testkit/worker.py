@@ -281,13 +281,13 @@ class WorkerProcess:
 
 
 @asynccontextmanager
-async def running_worker(env: dict[str, str], cwd: Path) -> AsyncIterator[WorkerProcess]:
-    """``python -m clara_voice start`` in its own process group, killed on the way out."""
+async def running_worker(
+    env: dict[str, str], cwd: Path, command: Sequence[str] | None = None
+) -> AsyncIterator[WorkerProcess]:
+    """``command`` (``python -m clara_voice start`` by default) in its own process group,
+    killed on the way out."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "clara_voice",
-        "start",
+        *(command or (sys.executable, "-m", "clara_voice", "start")),
         cwd=cwd,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
