@@ -28,6 +28,7 @@ from clara_voice.logging import get_logger
 from clara_voice.voice.messages import TurnMetrics
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
 from clara_voice.voice.providers import Providers
+from clara_voice.voice.surface import RoomSurface
 from testkit.audio import CaptureAudioOutput
 from testkit.fakes import FakeRoom, make_participant
 from testkit.pipeline import SeamMedia
@@ -152,7 +153,7 @@ async def start(
             await media.start(
                 agent_session,
                 Agent(instructions="You are a helpful voice assistant."),
-                room=None,
+                surface=None,
                 participant=participant,
                 session_type="voice-vad",
                 log=log,
@@ -171,9 +172,10 @@ async def start(
     factory = LiveKitPipelineFactory(settings, vad=the_vad, providers=providers, media=media)
     room = FakeRoom("bench-room")
     room.remote_participants[IDENTITY] = participant
+    surface = RoomSurface(room, log=log)  # type: ignore[arg-type]
     try:
         pipeline = await factory.start(
-            room=room,  # type: ignore[arg-type]
+            surface=surface,
             participant=participant,
             session_type="voice-vad",
             history=(),
@@ -182,11 +184,13 @@ async def start(
         )
     except BaseException:
         await factory.aclose()
+        await surface.aclose()
         raise
 
     async def close_clara() -> None:
         await pipeline.aclose()
         await factory.aclose()  # closes the providers
+        await surface.aclose()
 
     return Started(pipeline.agent_session, the_vad, providers.stt, close_clara)
 

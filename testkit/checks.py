@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from clara_voice.persistence.sqlite import DB_FILENAME
+from clara_voice.sync.protocol import SessionConfig
+from clara_voice.sync.service import SessionSync
 from testkit.human import Human
 from testkit.worker import LogLine, WorkerProcess
 
@@ -91,3 +93,10 @@ async def talk(human: Human, text: str, reply: str) -> None:
     await human.wait_until(
         lambda: human.agent_sound_after(utterance.ended_at or 0.0), "the reply audio"
     )
+
+
+def config_of(sync: SessionSync, session_id: str) -> SessionConfig | None:
+    """The config session sync keeps for ``session_id`` (``None`` once it ended): what the
+    agent publishes as that session's ``clara.session.<identity>`` attribute."""
+    record = sync._records.get(session_id)
+    return None if record is None else record.config

@@ -141,6 +141,8 @@ class FakeTextStreamReader:
     def __init__(self, text: str, topic: str, *, declare_size: bool = True) -> None:
         self._text = text
         self.chunks_read = 0
+        self.closed = False
+        """Closed, by its handler or because it was read to the end (as livekit's are)."""
         self.info = rtc.TextStreamInfo(
             stream_id=f"TS_{next(_sids)}",
             mime_type="text/plain",
@@ -159,10 +161,48 @@ class FakeTextStreamReader:
 
     async def __anext__(self) -> str:
         start = self.chunks_read * self.CHUNK
-        if start >= len(self._text):
+        if self.closed or start >= len(self._text):
+            self.closed = True
             raise StopAsyncIteration
         self.chunks_read += 1
         return self._text[start : start + self.CHUNK]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeByteStreamReader:
+    """A byte stream as the SDK's ByteStreamReader hands it to a handler: ``chunks`` one at
+    a time, and ``closed`` once its handler closed it or read it to the end."""
+
+    def __init__(
+        self, chunks: list[bytes], topic: str, *, attributes: dict[str, str] | None = None
+    ) -> None:
+        self._chunks = list(chunks)
+        self.chunks_read = 0
+        self.closed = False
+        self.info = rtc.ByteStreamInfo(
+            stream_id=f"BS_{next(_sids)}",
+            mime_type="application/octet-stream",
+            topic=topic,
+            timestamp=0,
+            size=sum(len(c) for c in chunks),
+            attributes=dict(attributes or {}),
+            name="bytes",
+        )
+
+    def __aiter__(self) -> FakeByteStreamReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.closed or self.chunks_read >= len(self._chunks):
+            self.closed = True
+            raise StopAsyncIteration
+        self.chunks_read += 1
+        return self._chunks[self.chunks_read - 1]
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
@@ -176,6 +216,7 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
         self.local_participant = FakeLocalParticipant()
         self.connect_error: Exception | None = None
         self.text_stream_handlers: dict[str, Callable[..., None]] = {}
+        self.byte_stream_handlers: dict[str, Callable[..., None]] = {}
         self.connected = False
         self.connect_calls: list[tuple[str, str]] = []
 
@@ -272,12 +313,29 @@ class FakeRoom(rtc.EventEmitter[rtc.room.EventTypes]):
     def unregister_text_stream_handler(self, topic: str) -> None:
         self.text_stream_handlers.pop(topic, None)
 
+    def register_byte_stream_handler(self, topic: str, handler: Callable[..., None]) -> None:
+        if topic in self.byte_stream_handlers:
+            raise ValueError(f"byte stream handler for topic '{topic}' already set")
+        self.byte_stream_handlers[topic] = handler
+
+    def unregister_byte_stream_handler(self, topic: str) -> None:
+        self.byte_stream_handlers.pop(topic, None)
+
     def send_text(
         self, identity: str, text: str, topic: str = "lk.chat", *, declare_size: bool = True
     ) -> FakeTextStreamReader:
         """``identity`` sends a text stream on ``topic`` (dropped if nobody handles it)."""
         reader = FakeTextStreamReader(text, topic, declare_size=declare_size)
         if (handler := self.text_stream_handlers.get(topic)) is not None:
+            handler(reader, identity)
+        return reader
+
+    def send_bytes(
+        self, identity: str, chunks: list[bytes], topic: str, **kwargs: Any
+    ) -> FakeByteStreamReader:
+        """``identity`` sends a byte stream on ``topic`` (dropped if nobody handles it)."""
+        reader = FakeByteStreamReader(chunks, topic, **kwargs)
+        if (handler := self.byte_stream_handlers.get(topic)) is not None:
             handler(reader, identity)
         return reader
 
@@ -302,6 +360,9 @@ class FakePipeline:
         self.session_type_calls: list[SessionType] = []
         self.events: Any = None
         """The PipelineEvents the agent gave it (to report messages and turns)."""
+        self.history: list[HistoryMessage] = []
+        """The earlier messages it was started with (what its LLM would see)."""
+        self.apologies = 0
 
     @property
     def closed(self) -> bool:
@@ -313,6 +374,9 @@ class FakePipeline:
 
     def effective(self) -> EffectiveConfig:
         return expected_effective(self.session_type)
+
+    def apologize(self) -> None:
+        self.apologies += 1
 
     async def aclose(self) -> None:
         self.close_calls += 1
@@ -344,7 +408,7 @@ class FakePipelineFactory:
     async def start(
         self,
         *,
-        room: Any,
+        surface: Any,
         participant: rtc.RemoteParticipant,
         session_type: SessionType = "voice-vad",
         history: Any = (),
@@ -363,6 +427,7 @@ class FakePipelineFactory:
             raise error
         pipeline = FakePipeline(identity, session_type=session_type, close_delay=self.close_delay)
         pipeline.events = events
+        pipeline.history = list(history)
         self.started.append(pipeline)
         return pipeline
 

@@ -67,7 +67,7 @@ class SeamMedia:
         agent_session: AgentSession[Any],
         assistant: ClaraAssistant,
         *,
-        room: Any,
+        surface: Any,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
         log: Any = None,

@@ -135,6 +135,12 @@ class ServiceSettings(BaseSettings):
         description="Reconnection attempts (drops, quality losses) without a recovery before "
         "a dropped participant's session ends.",
     )
+    max_sessions_per_room: int = Field(
+        default=8,
+        ge=1,
+        description="Sessions one room gets at once; a participant over it is told so "
+        "(`clara.notice`) and gets one when a place frees up.",
+    )
 
 
 __all__ = ["ENV_PREFIX", "LogFormat", "LogLevel", "PositiveSeconds", "ServiceSettings"]

@@ -10,8 +10,11 @@ import pytest
 from livekit import rtc
 
 from clara_voice.agent.agent import ClaraVoiceAgent
+from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import Settings
-from testkit.fakes import FakePipeline, FakePipelineFactory, FakeRoom
+from clara_voice.voice.messages import HistoryMessage
+from testkit.fakes import FakePipeline, FakePipelineFactory, FakeRoom, report
+from testkit.pipeline import until
 from testkit.tasks import other_tasks, settle
 
 
@@ -348,7 +351,8 @@ async def test_a_pipeline_livekit_closes_ends_the_session_and_fails_it_only_on_e
     agent: ClaraVoiceAgent, room: FakeRoom, error: bool
 ) -> None:
     """Regression: livekit closes a job's first AgentSession when the job shuts down, and
-    that close marked its participant ``error`` as if the pipeline had failed."""
+    that close marked its participant ``error`` as if the pipeline had failed. (A failed
+    pipeline of a participant still in the room is rebuilt: the tests below.)"""
     room.join("alice")
     await settle()
     session = session_of(agent, "alice")
@@ -356,8 +360,81 @@ async def test_a_pipeline_livekit_closes_ends_the_session_and_fails_it_only_on_e
 
     pipeline = session.pipeline
     assert isinstance(pipeline, FakePipeline)
+    room.remote_participants.pop("alice")  # gone, as livekit sees it when the job ends
     pipeline.events.pipeline_closed("error" if error else "user_initiated", error=error)
     await settle()
     assert agent.sessions == {}
     assert session.connection_state == "closed"
     assert (agent.registry.state_transitions["connected->error"] == 1) is error
+
+
+@pytest.fixture
+async def alice(
+    agent: ClaraVoiceAgent, room: FakeRoom, monkeypatch: pytest.MonkeyPatch
+) -> ParticipantSession:
+    """Alice's session, with pipeline rebuilds 10 ms apart (three of them)."""
+    from clara_voice.agent import revival
+
+    monkeypatch.setattr(revival, "BACKOFF", (0.01, 0.01, 0.01))
+    room.join("alice")
+    await settle()
+    session = session_of(agent, "alice")
+    assert session is not None
+    return session
+
+
+async def test_a_pipeline_livekit_closed_on_an_error_is_rebuilt_for_the_same_session(
+    agent: ClaraVoiceAgent, factory: FakePipelineFactory, alice: ParticipantSession
+) -> None:
+    """Regression (issue 16, item 7): livekit closes an AgentSession after unrecoverable
+    STT errors; the participant, still in the room, was left talking to nobody."""
+    session = alice
+    report(session, HistoryMessage(role="user", text="book a table"))
+    report(session, HistoryMessage(role="assistant", text="for how many?"))
+    first = session.pipeline
+    assert isinstance(first, FakePipeline)
+
+    first.events.pipeline_closed("error", error=True)
+    await until(lambda: len(factory.started) == 2, timeout=5, what="a new pipeline")
+    await settle()
+
+    assert session_of(agent, "alice") is session  # the same session goes on
+    second = session.pipeline
+    assert isinstance(second, FakePipeline) and second is not first and first.closed
+    assert [m.text for m in second.history] == ["book a table", "for how many?"]
+    assert second.apologies == 1
+    assert session.connection_state == "connected"
+    moves = agent.registry.state_transitions
+    assert moves["connected->error"] == 1 and moves["error->connected"] == 1
+    await agent.aclose()
+    assert second.closed
+
+
+async def test_a_pipeline_that_keeps_failing_ends_the_session_after_the_last_rebuild(
+    agent: ClaraVoiceAgent, factory: FakePipelineFactory, alice: ParticipantSession
+) -> None:
+    session = alice
+    for n in range(3):
+        pipeline = session.pipeline
+        assert isinstance(pipeline, FakePipeline)
+        pipeline.events.pipeline_closed("error", error=True)
+        await until(lambda n=n: len(factory.started) == n + 2, timeout=5, what="a rebuild")
+        await settle()
+    session.pipeline.events.pipeline_closed("error", error=True)  # type: ignore[union-attr]
+    await settle()
+    assert agent.sessions == {} and session.connection_state == "closed"
+    assert factory.open_pipelines == []
+    await agent.aclose()
+
+
+async def test_a_rebuild_that_cannot_start_is_tried_again_then_the_session_ends(
+    agent: ClaraVoiceAgent, factory: FakePipelineFactory, alice: ParticipantSession
+) -> None:
+    session = alice
+    factory.fail["alice"] = RuntimeError("the STT is still down")
+    session.pipeline.events.pipeline_closed("error", error=True)  # type: ignore[union-attr]
+    await until(lambda: not agent.sessions, timeout=5, what="the session's end")
+    assert session.connection_state == "closed"
+    assert agent.error_count >= 3  # each failed start counted
+    await agent.aclose()
+    assert not other_tasks()

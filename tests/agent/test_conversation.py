@@ -16,7 +16,6 @@ from clara_voice.logging import get_logger
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
 from clara_voice.voice.messages import HistoryMessage
 from testkit.fakes import FakePipelineFactory, FakeRoom, report
-from testkit.pipeline import until
 from testkit.tasks import settle
 
 LOG = get_logger("clara_voice.test")
@@ -108,10 +107,12 @@ def talk(agent: ClaraVoiceAgent, identity: str, *exchanges: tuple[str, str]) -> 
         report(session, HistoryMessage(role="assistant", text=reply, metrics={"e2e_latency": 0.8}))
 
 
-async def read_store(settings: Settings, conversation_id: str) -> list[Any]:
+async def read_store(
+    settings: Settings, conversation_id: str, participant: str = "alice"
+) -> list[Any]:
     backend = SQLiteBackend(settings.data_dir / DB_FILENAME)
     try:
-        return await backend.get_recent_messages(conversation_id, 100)
+        return await backend.get_recent_messages(conversation_id, 100, participant=participant)
     finally:
         await backend.aclose()
 
@@ -214,7 +215,7 @@ async def test_saving_never_waits_for_a_slow_or_dead_backend(
             raise BackendError("down", retryable=True)
 
         async def get_recent_messages(
-            self, conversation_id: str, limit: int
+            self, conversation_id: str, limit: int, *, participant: str
         ) -> list[StoredMessage]:
             raise BackendError("down", retryable=True)
 
@@ -278,15 +279,74 @@ async def test_a_room_switched_to_another_conversation_loads_that_conversations_
 
     room = FakeRoom("den", metadata=json.dumps({"conversation_id": "conv-a"}))
     agent = await run_agent(room, settings, factory)
+    room.join("bob")
+    await settle()
+    talk(agent, "bob", ("in conversation a", "yes"))
+    room.leave("bob")
+    await settle()
     room.emit("room_metadata_changed", room.metadata, json.dumps({"conversation_id": "conv-b"}))
-    await until(
-        lambda: agent.conversation.earlier_messages, timeout=5, what="conv-b's history loaded"
-    )
+    room.join("bob")
     room.join("carol")
     await settle()
-    (session,) = agent.sessions.values()
-    assert [m.text for m in session.earlier_messages] == ["the code is 42", "got it"]
+    bob, carol = (session_of(agent, identity) for identity in ("bob", "carol"))
+    assert [m.text for m in bob.earlier_messages] == ["the code is 42", "got it"]
+    assert carol.earlier_messages == []  # bob's words are bob's
     await agent.aclose()
+
+
+def session_of(agent: ClaraVoiceAgent, identity: str) -> Any:
+    (session,) = [s for s in agent.sessions.values() if s.participant_id == identity]
+    return session
+
+
+def llm_history(factory: FakePipelineFactory, identity: str) -> list[str]:
+    """What each pipeline of ``identity`` was started with: what its LLM would see first."""
+    return [m.text for p in factory.started if p.identity == identity for m in p.history]
+
+
+async def test_a_later_joiner_never_gets_another_participants_words(
+    settings: Settings, factory: FakePipelineFactory
+) -> None:
+    """Regression (issue 16, critical 1): the conversation's earlier messages were one
+    room-wide list fed by every session, and every new session was seeded with it: Bob,
+    joining after Alice told Clara a secret, had Alice's words in his LLM context."""
+    metadata = json.dumps({"conversation_id": "conv-shared"})
+    room = FakeRoom("office", metadata=metadata)
+    agent = await run_agent(room, settings, factory)
+    room.join("alice")
+    await settle()
+    talk(agent, "alice", ("my pin is 4711", "noted, alice"))
+    room.join("bob")
+    await settle()
+    talk(agent, "bob", ("what is the weather", "sunny"))
+    assert llm_history(factory, "bob") == []
+    room.leave("alice")
+    room.leave("bob")
+    await settle()
+    room.join("bob")  # a rejoin within the job: his own history only
+    room.join("alice")
+    await settle()
+    assert llm_history(factory, "bob") == ["what is the weather", "sunny"]
+    assert llm_history(factory, "alice") == ["my pin is 4711", "noted, alice"]
+    await agent.aclose()
+
+    # the next job of the conversation: each loads its own history from the store
+    room2 = FakeRoom("office", metadata=metadata)
+    factory2 = FakePipelineFactory()
+    agent2 = await run_agent(room2, settings, factory2)
+    room2.join("bob")
+    room2.join("carol")
+    await settle()
+    assert llm_history(factory2, "bob") == ["what is the weather", "sunny"]
+    assert llm_history(factory2, "carol") == []
+    await agent2.aclose()
+    # summaries keep listing everyone who was present
+    import sqlite3
+
+    with sqlite3.connect(settings.data_dir / DB_FILENAME) as db:
+        rows = db.execute("SELECT participant, participants FROM sessions").fetchall()
+    listed = {p["identity"] for _, participants in rows for p in json.loads(participants)}
+    assert {"alice", "bob", "carol"} <= listed
 
 
 async def test_a_long_sessions_summary_stays_small(

@@ -40,7 +40,7 @@ async def live(
 async def joined(agent: ClaraVoiceAgent, room: FakeRoom, identity: str) -> object:
     room.join(identity)
     await settle()
-    session = agent.session_of(identity)
+    session = agent.registry.of(identity)
     assert session is not None
     return session
 
@@ -81,7 +81,7 @@ async def test_a_dropped_participant_that_returns_in_time_resumes_the_same_sessi
 
     back = room.join("alice")
     await settle()
-    assert live.session_of("alice") is session
+    assert live.registry.of("alice") is session
     assert session.connection_state == "connected"  # type: ignore[attr-defined]
     assert session.participant_sid == back.sid  # type: ignore[attr-defined]
     assert [m.text for m in session.history] == ["before the drop"]  # type: ignore[attr-defined]
@@ -118,7 +118,7 @@ async def test_quality_flapping_never_ends_the_session_of_a_participant_still_he
     for quality in (POOR, LOST, POOR, LOST, POOR, LOST, POOR, LOST):
         room.quality("alice", quality)
     await settle()
-    assert live.session_of("alice") is session
+    assert live.registry.of("alice") is session
     assert session.connection_state == "reconnecting"  # type: ignore[attr-defined]
     assert live.metrics.reconnection_count == 1  # one move to reconnecting, one attempt
     room.quality("alice", GOOD)

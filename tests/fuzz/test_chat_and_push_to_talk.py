@@ -20,17 +20,18 @@ from livekit import rtc
 
 from clara_voice._ratelimit import RateLimits
 from clara_voice.logging import get_logger
+from clara_voice.voice.notices import NOTICE_TOPIC, Notices
 from clara_voice.voice.routing import (
     CHAT_BURST,
     CHAT_PER_SECOND,
     MAX_CHAT_TEXT,
-    NOTICE_TOPIC,
     PTT_BURST,
     PTT_METHODS,
     PTT_PER_SECOND,
     ChatRouter,
     PushToTalk,
 )
+from clara_voice.voice.streams import StreamDispatch
 from testkit.fakes import FakeRoom, FakeTextStreamReader
 from tests.fuzz.conftest import Watch, budget, deeply_nested, long_texts, texts
 
@@ -60,7 +61,9 @@ class ChatArena:
     def __init__(self) -> None:
         self.room = FakeRoom("fuzz-room")
         self.clock = Clock()
-        self.router = ChatRouter(self.room, LOG)
+        self.notices = Notices(self.room, LOG, clock=self.clock)
+        self.streams = StreamDispatch(self.room, refusals=self.notices.refusals)
+        self.router = ChatRouter(self.streams, self.notices, LOG)
         self.router._limits = RateLimits(
             capacity=CHAT_BURST, rate=CHAT_PER_SECOND, clock=self.clock
         )
@@ -74,7 +77,7 @@ class ChatArena:
 
         return handler
 
-    def notices(self) -> list[tuple[list[str], dict[str, Any]]]:
+    def sent_notices(self) -> list[tuple[list[str], dict[str, Any]]]:
         sent = [(to, json.loads(p)) for topic, p, to in self.room.local_participant.published]
         assert all(topic == NOTICE_TOPIC for topic, _, _ in self.room.local_participant.published)
         self.room.local_participant.published.clear()
@@ -83,8 +86,8 @@ class ChatArena:
     async def send(self, sender: str, text: str, declare_size: bool) -> FakeTextStreamReader:
         reader = self.room.send_text(sender, text, declare_size=declare_size)
         async with asyncio.timeout(5):
-            while self.router._tasks:
-                await asyncio.wait(set(self.router._tasks))
+            while self.router._tasks or self.notices._tasks:
+                await asyncio.wait(set(self.router._tasks) | set(self.notices._tasks))
         return reader
 
 
@@ -100,7 +103,9 @@ def test_fuzz_chat_text_streams() -> None:
             reader = runner.run(arena.send(sender, text, declare_size))
             watch.example()
             watch.check()
-            notices = arena.notices()
+            assert reader.closed  # read to its end, or refused and closed unread
+            assert arena.streams.open_readers() == 0
+            notices = arena.sent_notices()
             heard, arena.heard["alice"] = arena.heard["alice"], []  # the test's, not a leak
             assert arena.heard["bob"] == []
             if sender != "alice":
@@ -132,6 +137,7 @@ def test_fuzz_chat_text_streams() -> None:
                 watch.check_memory()
         finally:
             runner.run(arena.router.aclose())
+            runner.run(arena.notices.aclose())
 
 
 class _Input:
@@ -176,7 +182,7 @@ def test_fuzz_push_to_talk_calls() -> None:
     with asyncio.Runner() as runner:
         room = FakeRoom("fuzz-room")
         clock = Clock()
-        ptt = PushToTalk(room.local_participant, LOG)
+        ptt = PushToTalk(room.local_participant, Notices(room, LOG).refusals)
         ptt._limits = RateLimits(capacity=PTT_BURST, rate=PTT_PER_SECOND, clock=clock)
         alice, bob = StubSession(), StubSession()
         ptt.add("alice", alice)  # type: ignore[arg-type]

@@ -27,6 +27,7 @@ from clara_voice.persistence.base import OutboxRecord, StoredMessage
 from clara_voice.states import SESSION_TYPE_ATTRIBUTE
 from clara_voice.sync.protocol import RPC_SET_SESSION_TYPE, SESSION_ATTRIBUTE_PREFIX
 from clara_voice.voice.routing import PTT_METHODS
+from testkit.checks import config_of
 from testkit.fakes import FakePipelineFactory, FakeRoom
 from testkit.tasks import settle
 from tests.fuzz.conftest import Watch, budget, deeply_nested, long_texts, texts
@@ -97,8 +98,17 @@ class FuzzBackend:
     async def agent_joined(self, *, room: str, conversation_id: str) -> str:
         return conversation_id
 
-    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
-        return [StoredMessage(role="user", text=conversation_id, at="2025-01-01T00:00:00Z")]
+    async def get_recent_messages(
+        self, conversation_id: str, limit: int, *, participant: str
+    ) -> list[StoredMessage]:
+        return [
+            StoredMessage(
+                role="user",
+                text=conversation_id,
+                at="2025-01-01T00:00:00Z",
+                participant=participant,
+            )
+        ]
 
     async def deliver(self, record: OutboxRecord) -> None:
         self.delivered += 1
@@ -120,7 +130,7 @@ class Arena:
             backend=FuzzBackend(),
         )
         runner.run(self._start())
-        self.bob = self.agent.session_of("bob")
+        self.bob = self.agent.registry.of("bob")
         assert self.bob is not None
         self.bob_state = self.session_state("bob")
 
@@ -153,9 +163,9 @@ class Arena:
             await self.agent._sync.drain()
 
     def session_state(self, identity: str) -> dict[str, Any]:
-        session = self.agent.session_of(identity)
+        session = self.agent.registry.of(identity)
         assert session is not None, f"{identity} lost its session"
-        config = self.agent._sync.config_of(session.session_id)
+        config = config_of(self.agent._sync, session.session_id)
         assert config is not None
         return {
             "session_id": session.session_id,

@@ -32,6 +32,8 @@ from clara_voice.sync.protocol import (
 )
 from clara_voice.sync.service import SessionSync
 from clara_voice.telemetry import ErrorSource
+from clara_voice.voice.surface import RoomSurface
+from testkit.checks import config_of
 from testkit.fakes import FakePipeline, FakePipelineFactory, FakeRoom
 from testkit.tasks import other_tasks, settle
 
@@ -74,6 +76,13 @@ class Host:
         self._room = room
         self.registry = SessionRegistry()
         self.errors: Counter[str] = Counter()
+        self.surface = RoomSurface(
+            room,  # type: ignore[arg-type]
+            log=LOG,
+            attribute_interval=0.0,
+            on_error=lambda: self.count_error("session"),
+        )
+        """The room's single owners, as the agent makes them (the attribute writer)."""
 
     def count_error(self, source: ErrorSource) -> None:
         self.errors[source] += 1
@@ -111,19 +120,34 @@ class Host:
         self.registry.transition(session, new, reason=reason)
 
 
+class HostedSync(SessionSync):
+    """SessionSync with the room surface the agent would start before it and close after."""
+
+    def __init__(self, host: Host, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, surface=host.surface, **kwargs)
+        self._host = host
+
+    async def start(self) -> None:
+        self._host.surface.start()
+        await super().start()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._host.surface.aclose()
+
+
 def make_sync(host: Host, settings: Settings, clock: Clock, **kwargs: Any) -> SessionSync:
-    sync = SessionSync(
+    return HostedSync(
+        host,
         host._room,  # type: ignore[arg-type]
         host.registry,
         settings,
         log=LOG,
         count_error=host.count_error,
         interval=kwargs.pop("interval", 60.0),
-        attribute_interval=0.0,
         clock=clock,
         **kwargs,
     )
-    return sync
 
 
 @pytest.fixture
@@ -245,11 +269,11 @@ async def test_aclose_before_start(host: Host, settings: Settings, clock: Clock)
     sync = make_sync(host, settings, clock)
     await sync.aclose()
     await sync.start()  # closed for good
-    assert sync.config_of("none") is None
+    assert config_of(sync, "none") is None
 
 
 async def test_interval_comes_from_settings(host: Host, settings: Settings, clock: Clock) -> None:
-    sync = SessionSync(host._room, host.registry, settings, log=LOG)  # type: ignore[arg-type]
+    sync = SessionSync(host._room, host.registry, settings, surface=host.surface, log=LOG)  # type: ignore[arg-type]
     assert sync._interval == getattr(settings, "sync_interval", 5.0)
 
 
@@ -258,7 +282,7 @@ async def test_interval_comes_from_settings(host: Host, settings: Settings, cloc
 
 async def test_session_life_is_published(room: FakeRoom, host: Host, sync: SessionSync) -> None:
     session = host.add("alice", connect=False)
-    assert sync.config_of(session.session_id).state == "idle"  # type: ignore[union-attr]
+    assert config_of(sync, session.session_id).state == "idle"  # type: ignore[union-attr]
     host.move(session, "connected", "pipeline started")
     await drain(sync)
     config = attribute(room, "alice")
@@ -292,7 +316,7 @@ async def test_session_life_is_published(room: FakeRoom, host: Host, sync: Sessi
     ending = events(room, "session_state_sync")[-1]["payload"]
     assert ending["config"]["state"] == "ending"
     assert attribute(room, "alice") is None
-    assert sync.config_of(session.session_id) is None
+    assert config_of(sync, session.session_id) is None
 
 
 async def test_error_state(room: FakeRoom, host: Host, sync: SessionSync) -> None:
@@ -343,7 +367,7 @@ async def test_participant_gone_is_an_error(room: FakeRoom, host: Host, sync: Se
     room.remote_participants.pop("alice")  # gone without the agent hearing of it
     sync.validate()
     await drain(sync)
-    config = sync.config_of(session.session_id)
+    config = config_of(sync, session.session_id)
     assert config is not None and config.state == "error"
     assert config.sync_attempts == 1 and config.inconsistency_detected
     event = events(room, "session_inconsistency")[-1]["payload"]
@@ -357,7 +381,7 @@ async def test_room_disconnected_is_an_error(room: FakeRoom, host: Host, sync: S
     session = host.add("alice")
     room.emit("disconnected", rtc.DisconnectReason.SIGNAL_CLOSE)
     sync.validate()
-    config = sync.config_of(session.session_id)
+    config = config_of(sync, session.session_id)
     assert config is not None and config.state == "error"
     assert sync.events_sent["session_inconsistency"] == 1
 
@@ -370,7 +394,7 @@ async def test_error_heals_when_the_participant_is_back(
     sync.validate()
     room.remote_participants["alice"] = participant
     sync.validate()
-    config = sync.config_of(session.session_id)
+    config = config_of(sync, session.session_id)
     assert config is not None and config.state == "active" and config.sync_attempts == 2
 
 
@@ -379,7 +403,7 @@ async def test_room_id_mismatch_is_corrected(room: FakeRoom, host: Host, sync: S
     room.name = "moved-room"
     room.emit("moved")
     await drain(sync)
-    config = sync.config_of(session.session_id)
+    config = config_of(sync, session.session_id)
     assert config is not None and config.room_id == "moved-room"
     assert config.sync_attempts == 1
     event = events(room, "session_inconsistency")[-1]["payload"]
@@ -390,7 +414,7 @@ async def test_room_id_mismatch_is_corrected(room: FakeRoom, host: Host, sync: S
 
 async def test_turn_detection_mismatch_is_corrected(host: Host, sync: SessionSync) -> None:
     session = host.add("alice", session_type="voice-ptt")
-    config = sync.config_of(session.session_id)
+    config = config_of(sync, session.session_id)
     assert config is not None
     config.turn_detection = "server"
     sync.validate()
@@ -405,7 +429,7 @@ async def test_type_mismatch_follows_the_pipeline(host: Host, sync: SessionSync)
     session = host.add("alice")
     session.session_type = "text"
     sync.validate()
-    config = sync.config_of(session.session_id)
+    config = config_of(sync, session.session_id)
     assert config is not None and config.type == "text" and config.turn_detection == "none"
 
 
@@ -419,7 +443,7 @@ async def test_voice_session_without_microphone_is_flagged_once(
     flagged = events(room, "session_inconsistency")
     assert len(flagged) == 1
     assert flagged[0]["payload"]["issues"] == ["microphone_absent"]
-    config = sync.config_of(session.session_id)
+    config = config_of(sync, session.session_id)
     assert config is not None and config.is_muted is True and config.sync_attempts == 0
     assert config.state == "active"  # flagged, not changed
 
@@ -471,7 +495,7 @@ async def test_validation_runs_periodically(
         ran.clear()
         async with asyncio.timeout(2.0):
             await ran.wait()
-        assert sync.config_of(session.session_id).state == "error"  # type: ignore[union-attr]
+        assert config_of(sync, session.session_id).state == "error"  # type: ignore[union-attr]
     assert sync.events_sent["session_inconsistency"] == 1
 
 
@@ -523,7 +547,7 @@ async def test_departed_participants_leave_nothing_in_the_publisher(
         room.remote_participants.pop(f"guest-{n}")
         await drain(sync)
     assert not [k for k in room.local_participant.attributes if "guest" in k]
-    assert sync._publisher._written == {}
+    assert not [k for k in host.surface.attributes.written if "guest" in k]
 
 
 async def test_configs_over_the_attribute_budget_are_said_once_and_published_when_room(
@@ -536,9 +560,9 @@ async def test_configs_over_the_attribute_budget_are_said_once_and_published_whe
 ) -> None:
     """A room whose configs no longer fit LiveKit's attribute budget: each one left out is
     said once (not at every validation round), counted, and published once it fits again."""
-    from clara_voice.sync import publisher
+    from clara_voice.voice import attributes
 
-    monkeypatch.setattr(publisher, "MAX_ATTRIBUTES_BYTES", 900)  # about three configs
+    monkeypatch.setattr(attributes, "MAX_ATTRIBUTES_BYTES", 900)  # about three configs
     sync = make_sync(host, settings, clock)
     async with sync:
         sessions = [host.add(f"user-{n}") for n in range(5)]
@@ -548,7 +572,7 @@ async def test_configs_over_the_attribute_budget_are_said_once_and_published_whe
             await drain(sync)
         published = [k for k in room.local_participant.attributes if "user-" in k]
         assert 0 < len(published) < 5
-        refused = [r for r in caplog.records if r.getMessage().startswith("session attributes")]
+        refused = [r for r in caplog.records if r.getMessage().startswith("agent attributes")]
         assert len(refused) == 5 - len(published)  # once per key, however many rounds
         assert sync.rejected["attribute_budget"] > len(refused)
 
@@ -699,7 +723,7 @@ async def test_a_pipeline_that_fails_to_switch(
     session = host.add("alice", pipeline=RetypablePipeline("alice", fail=RuntimeError("no")))
     assert await rpc_error(room, "alice", {"type": "text"}) == "reconfigure_failed"
     assert session.session_type == "voice-vad"
-    assert sync.config_of(session.session_id).type == "voice-vad"  # type: ignore[union-attr]
+    assert config_of(sync, session.session_id).type == "voice-vad"  # type: ignore[union-attr]
     assert host.errors["session"] == 1
 
 
@@ -715,7 +739,7 @@ async def test_a_pipeline_that_does_something_else_is_flagged(
     assert [e["payload"]["issues"] for e in flagged] == [["pipeline_mismatch"]]
     session.pipeline.session_type = "voice-vad"  # type: ignore[union-attr]
     sync.validate()
-    assert not sync.config_of(session.session_id).inconsistency_detected  # type: ignore[union-attr]
+    assert not config_of(sync, session.session_id).inconsistency_detected  # type: ignore[union-attr]
 
 
 async def test_no_change_while_not_active(room: FakeRoom, host: Host, sync: SessionSync) -> None:
@@ -779,7 +803,7 @@ class Arena:
         self.bob_config = json.dumps(self.config_json(self.bob))
 
     def config_json(self, session: ParticipantSession) -> dict[str, Any]:
-        config = self.sync.config_of(session.session_id)
+        config = config_of(self.sync, session.session_id)
         assert config is not None
         return {k: v for k, v in config.to_json().items() if k != "last_sync_at"}
 
@@ -886,7 +910,7 @@ async def test_with_the_agent(
     await agent.start()
     room.join("alice")
     await settle()
-    session = agent.session_of("alice")
+    session = agent.registry.of("alice")
     assert session is not None
     await drain(agent._sync)
     assert attribute(room, "alice")["state"] == "active"  # type: ignore[index]

@@ -9,6 +9,7 @@ published. Each test below pins one of those."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -16,14 +17,14 @@ import pytest
 from livekit import rtc
 
 from clara_voice.logging import get_logger
-from clara_voice.voice.privacy import (
-    DirectedLocalParticipant,
-    RoomPrivacy,
-    agent_state_attribute,
-    busiest_state,
-)
+from clara_voice.voice.agent_state import agent_state_attribute, busiest_state
+from clara_voice.voice.privacy import DirectedLocalParticipant, ParticipantView
+from clara_voice.voice.streams import STREAM_BURST
+from clara_voice.voice.surface import RoomSurface
 from testkit.fakes import FakeLocalParticipant, FakeRoom
 from testkit.pipeline import until
+
+PRE_CONNECT = "lk.agent.pre-connect-audio-buffer"
 
 
 class RecordingLocal(FakeLocalParticipant):
@@ -78,15 +79,6 @@ class ByteStreamRoom(FakeRoom):
         super().__init__()
         self.local_participant = RecordingLocal()  # type: ignore[assignment]
         self.connected = True
-        self.byte_stream_handlers: dict[str, Any] = {}
-
-    def register_byte_stream_handler(self, topic: str, handler: Any) -> None:
-        if topic in self.byte_stream_handlers:
-            raise ValueError(f"byte stream handler for topic '{topic}' already set")
-        self.byte_stream_handlers[topic] = handler
-
-    def unregister_byte_stream_handler(self, topic: str) -> None:
-        self.byte_stream_handlers.pop(topic, None)
 
 
 @pytest.fixture
@@ -94,11 +86,19 @@ def room() -> ByteStreamRoom:
     return ByteStreamRoom()
 
 
+class Surface(RoomSurface):
+    def view(self, identity: str) -> ParticipantView:
+        return ParticipantView(self, identity)
+
+
 @pytest.fixture
 async def privacy(room: ByteStreamRoom) -> Any:
-    privacy = RoomPrivacy(room, get_logger("test"))  # type: ignore[arg-type]
-    yield privacy
-    await privacy.aclose()
+    surface = Surface(room, log=get_logger("test"), attribute_interval=0.0)  # type: ignore[arg-type]
+    surface.start()
+    yield surface
+    await surface.aclose()
+    assert room.listener_count() == 0
+    assert room.byte_stream_handlers == {} and room.text_stream_handlers == {}
 
 
 def local(room: ByteStreamRoom) -> RecordingLocal:
@@ -106,7 +106,7 @@ def local(room: ByteStreamRoom) -> RecordingLocal:
 
 
 async def test_each_agent_track_is_granted_to_its_owner_only_and_goes_with_it(
-    room: ByteStreamRoom, privacy: RoomPrivacy
+    room: ByteStreamRoom, privacy: Surface
 ) -> None:
     alice, bob = privacy.view("alice"), privacy.view("bob")
     a = await alice.local_participant.publish_track(object())
@@ -122,9 +122,7 @@ async def test_each_agent_track_is_granted_to_its_owner_only_and_goes_with_it(
     await alice.aclose()  # twice is fine
 
 
-async def test_a_republished_track_keeps_its_grant(
-    room: ByteStreamRoom, privacy: RoomPrivacy
-) -> None:
+async def test_a_republished_track_keeps_its_grant(room: ByteStreamRoom, privacy: Surface) -> None:
     alice = privacy.view("alice")
     publication = await alice.local_participant.publish_track(object())
     old = publication.sid
@@ -134,7 +132,7 @@ async def test_a_republished_track_keeps_its_grant(
 
 
 async def test_what_the_agent_sends_through_a_view_goes_to_its_participant_only(
-    room: ByteStreamRoom, privacy: RoomPrivacy
+    room: ByteStreamRoom, privacy: Surface
 ) -> None:
     directed = privacy.view("alice").local_participant
     await directed.stream_text(topic="lk.transcription", destination_identities=["bob"])
@@ -166,7 +164,7 @@ def test_every_way_the_sdk_offers_to_send_is_directed() -> None:
 
 
 async def test_agent_states_are_per_participant_and_lk_agent_state_is_the_busiest(
-    room: ByteStreamRoom, privacy: RoomPrivacy
+    room: ByteStreamRoom, privacy: Surface
 ) -> None:
     alice, bob = privacy.view("alice"), privacy.view("bob")
     await alice.local_participant.set_attributes({"lk.agent.state": "speaking"})
@@ -194,9 +192,7 @@ def test_the_busiest_state_wins() -> None:
     assert busiest_state(["initializing", "speaking"]) == "speaking"
 
 
-async def test_stream_handlers_are_per_participant(
-    room: ByteStreamRoom, privacy: RoomPrivacy
-) -> None:
+async def test_stream_handlers_are_per_participant(room: ByteStreamRoom, privacy: Surface) -> None:
     got: list[tuple[str, str]] = []
     alice, bob = privacy.view("alice"), privacy.view("bob")
     alice.register_byte_stream_handler(
@@ -205,16 +201,85 @@ async def test_stream_handlers_are_per_participant(
     bob.register_byte_stream_handler(
         "lk.agent.pre-connect-audio-buffer", lambda r, s: got.append(("b", s))
     )
-    dispatch = room.byte_stream_handlers["lk.agent.pre-connect-audio-buffer"]
 
-    dispatch(object(), "alice")
-    dispatch(object(), "bob")
-    dispatch(object(), "mallory")  # no session: ignored
+    room.send_bytes("alice", [b"a"], PRE_CONNECT)
+    room.send_bytes("bob", [b"b"], PRE_CONNECT)
+    stranger = room.send_bytes("mallory", [b"m"], PRE_CONNECT)  # no session: refused
     assert got == [("a", "alice"), ("b", "bob")]
+    assert stranger.closed and stranger.chunks_read == 0
 
     alice.unregister_byte_stream_handler("lk.agent.pre-connect-audio-buffer")
-    dispatch(object(), "alice")
-    dispatch(object(), "bob")
+    late = room.send_bytes("alice", [b"a"], PRE_CONNECT)
+    room.send_bytes("bob", [b"b"], PRE_CONNECT)
     assert got[-1] == ("b", "bob") and len(got) == 3
+    assert late.closed
     await bob.aclose()
     assert room.byte_stream_handlers == {}
+
+
+async def test_streams_clara_does_not_read_are_closed_at_once(
+    room: ByteStreamRoom, privacy: Surface
+) -> None:
+    """Regression (issue 16, item 4): a refused or ignored stream reader was left open, and
+    livekit's readers stay subscribed to every FFI event (audio frames included) and keep
+    their chunks until closed."""
+    kept: list[Any] = []
+    alice = privacy.view("alice")
+    alice.register_byte_stream_handler(PRE_CONNECT, lambda reader, sender: kept.append(reader))
+
+    # a flood from one sender: past the budget, each stream is closed unread
+    flood = [room.send_bytes("alice", [b"x"], PRE_CONNECT) for _ in range(int(STREAM_BURST) + 3)]
+    assert len(kept) == STREAM_BURST
+    assert all(r.closed and r.chunks_read == 0 for r in flood[int(STREAM_BURST) :])
+    assert privacy.streams.refused["rate_limited"] == 3
+
+    # the streams handed over and not finished are closed when the conversation ends
+    assert privacy.streams.open_readers() == STREAM_BURST
+    await alice.aclose()
+    assert all(r.closed for r in flood)
+    assert privacy.streams.open_readers() == 0
+
+
+async def test_a_stream_past_its_bound_ends_and_is_closed(
+    room: ByteStreamRoom, privacy: Surface
+) -> None:
+    read: list[bytes] = []
+    failures: list[Exception] = []
+
+    async def consume(reader: Any) -> None:
+        try:
+            async for chunk in reader:
+                read.append(chunk)
+        except rtc.StreamError as exc:
+            failures.append(exc)
+
+    tasks: list[Any] = []
+    privacy.streams.add(
+        "byte",
+        "big",
+        "alice",
+        lambda reader, sender: tasks.append(asyncio.ensure_future(consume(reader))),
+        max_bytes=10,
+    )
+    huge = room.send_bytes("alice", [b"x" * 6] * 100, "big")
+    await asyncio.gather(*tasks)
+
+    assert huge.closed and huge.chunks_read == 2  # not read past the bound
+    assert len(read) == 1 and failures and "over 10 bytes" in str(failures[0])
+    assert privacy.streams.refused["too_large"] == 1
+    assert privacy.streams.open_readers() == 0
+    privacy.streams.remove("byte", "big", "alice")
+
+
+async def test_stream_budgets_outlive_a_leave_and_rejoin(
+    room: ByteStreamRoom, privacy: Surface
+) -> None:
+    """Regression (issue 16, item 4): leaving and joining again must not refill a sender's
+    budget."""
+    for _ in range(2):
+        view = privacy.view("alice")
+        view.register_byte_stream_handler(PRE_CONNECT, lambda reader, sender: reader.close())
+        for _ in range(int(STREAM_BURST)):
+            room.send_bytes("alice", [b"x"], PRE_CONNECT)
+        await view.aclose()
+    assert privacy.streams.refused["rate_limited"] >= STREAM_BURST - 1

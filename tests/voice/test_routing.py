@@ -11,15 +11,16 @@ import pytest
 from livekit import rtc
 
 from clara_voice.logging import get_logger
+from clara_voice.voice.notices import LOG_BURST, NOTICE_TOPIC, Notices
 from clara_voice.voice.routing import (
     CHAT_BURST,
     MAX_CHAT_TEXT,
-    NOTICE_TOPIC,
     PTT_BURST,
     RPC_START_TURN,
     ChatRouter,
     PushToTalk,
 )
+from clara_voice.voice.streams import StreamDispatch
 from testkit.fakes import FakeRoom
 from testkit.pipeline import running_harness, until
 from testkit.tasks import other_tasks
@@ -37,7 +38,8 @@ def notices(room: FakeRoom, identity: str) -> list[dict[str, Any]]:
 
 @pytest.fixture
 async def chat(room: FakeRoom) -> Any:
-    router = ChatRouter(room, LOG)
+    notices = Notices(room, LOG)
+    router = ChatRouter(StreamDispatch(room, refusals=notices.refusals), notices, LOG)
     heard: dict[str, list[str]] = {"alice": [], "bob": []}
     for identity, texts in heard.items():
 
@@ -47,11 +49,17 @@ async def chat(room: FakeRoom) -> Any:
         router.add(identity, handler)
     yield router, heard
     await router.aclose()
+    await notices.aclose()
+    assert room.text_stream_handlers == {}
 
 
 async def settle_router() -> None:
     async with asyncio.timeout(2):
-        while pending := [t for t in other_tasks() if "ChatRouter" in repr(t.get_coro())]:
+        while pending := [
+            t
+            for t in other_tasks()
+            if "ChatRouter" in repr(t.get_coro()) or t.get_name() == "clara.notice"
+        ]:
             await asyncio.wait(pending)
 
 
@@ -66,6 +74,7 @@ async def test_an_oversized_chat_message_is_not_read_past_the_limit(
 
     assert declared.chunks_read == 0  # refused from its header alone
     assert unknown.chunks_read * unknown.CHUNK <= MAX_CHAT_TEXT + unknown.CHUNK
+    assert declared.closed and unknown.closed  # and closed: nothing more is kept
     assert heard["alice"] == []
     refused = notices(room, "alice")
     assert [n["error"] for n in refused] == ["too_long", "too_long"]
@@ -113,7 +122,7 @@ class _Session:
 
 async def test_a_push_to_talk_flood_is_refused_with_a_coded_error(room: FakeRoom) -> None:
     """Regression: push-to-talk RPCs had no rate limit."""
-    ptt = PushToTalk(room.local_participant, LOG)
+    ptt = PushToTalk(room.local_participant, Notices(room, LOG).refusals)
     ptt.add("alice", _Session())  # type: ignore[arg-type]
     for _ in range(int(PTT_BURST)):
         await room.local_participant.call_rpc("alice", RPC_START_TURN)
@@ -141,3 +150,31 @@ async def test_the_routers_log_with_the_rooms_logger_not_a_participants(
         (line,) = [r for r in caplog.records if r.getMessage() == "chat text refused"]
         assert line.participant == "bob"  # type: ignore[attr-defined]
         assert getattr(line, "session_id", None) != alice.session_id
+
+
+async def test_chat_from_a_participant_without_a_session_is_closed_unread(
+    room: FakeRoom, chat: Any
+) -> None:
+    """Regression (issue 16, item 4): chat from a sender without a session, or over its
+    rate limit, was ignored but its reader left open (subscribed to every FFI event)."""
+    stranger = room.send_text("mallory", "hello")
+    flood = [room.send_text("alice", f"m{n}") for n in range(int(CHAT_BURST) + 2)]
+    await settle_router()
+    assert stranger.closed and stranger.chunks_read == 0
+    assert all(reader.closed for reader in flood)
+    assert all(reader.chunks_read == 0 for reader in flood[int(CHAT_BURST) :])
+
+
+async def test_refusals_are_rate_limited_in_the_log_and_in_notices(
+    room: FakeRoom, chat: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (issue 16, item 4): every refusal was a log line and a notice, so a flood
+    of refusals was a flood of both."""
+    caplog.set_level(logging.WARNING, logger="clara_voice")
+    for n in range(500):
+        room.send_text("alice", f"m{n}")
+    await settle_router()
+
+    lines = [r for r in caplog.records if r.getMessage() == "chat text refused"]
+    assert len(lines) <= LOG_BURST + 2
+    assert len(notices(room, "alice")) <= 10

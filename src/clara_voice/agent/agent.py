@@ -8,8 +8,14 @@ coroutines) that hand the work to owned tasks.
 
 The collaborators never hold the agent: reconnection (seed 001), health (002) and session
 sync (003) get the registry (they follow its events) and the one or two calls they need;
-the conversation (004) gets the sessions' messages. Each pipeline reports to a
-:class:`_SessionEvents` of its own, which knows its session.
+the conversation (004) gets the sessions' messages.
+:class:`~clara_voice.agent.pipelines.SessionPipelines` starts each session's pipeline
+(with its participant's own history),
+:class:`~clara_voice.agent.places.SessionPlaces` keeps a room within
+``CLARA_MAX_SESSIONS_PER_ROOM``, :class:`~clara_voice.agent.revival.PipelineRevival`
+rebuilds a pipeline livekit closed under a participant still in the room, and the
+:class:`~clara_voice.voice.surface.RoomSurface` is the one owner of what the sessions
+share of the room.
 
 Ownership: ``JobContext`` → ClaraVoiceAgent (closed by the worker's ``end_of_job``, and by
 the job's shutdown as a safety net) → ParticipantSessions → each one's pipeline and start
@@ -29,38 +35,27 @@ from clara_voice import telemetry
 from clara_voice.agent.conversation import Conversation
 from clara_voice.agent.health import HealthMonitor
 from clara_voice.agent.metrics import PerformanceMetrics
+from clara_voice.agent.pipelines import HUMAN_KINDS, SessionPipelines, disconnect_reason_name
+from clara_voice.agent.places import SessionPlaces
 from clara_voice.agent.reconnection import Reconnection, is_deliberate
 from clara_voice.agent.recorder import ConversationRecorder
 from clara_voice.agent.registry import SessionRegistry
+from clara_voice.agent.revival import PipelineRevival
 from clara_voice.agent.session import ParticipantSession, new_session_id
 from clara_voice.config import Settings
 from clara_voice.logging import get_logger
 from clara_voice.persistence import Backend
 from clara_voice.sync.service import SessionSync
 from clara_voice.telemetry import ErrorSource
-from clara_voice.voice.messages import HistoryMessage, TurnMetrics
 from clara_voice.voice.seams import PipelineFactory
+from clara_voice.voice.surface import RoomSurface
 from clara_voice.voice.turns import resolve_session_type
 
+SHUTDOWN_MARGIN = 2.0
+"""Seconds of ``CLARA_JOB_SHUTDOWN_TIMEOUT`` kept for what follows the sessions' close."""
 CONNECT_FAILED_MESSAGE = (
     "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."
 )
-
-# participants that are people (a browser or app, a phone call, a messaging connector);
-# agents, egress recorders, ingress streams and bridges get no session
-HUMAN_KINDS = frozenset(
-    {
-        rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
-        rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
-        rtc.ParticipantKind.PARTICIPANT_KIND_CONNECTOR,
-    }
-)
-
-
-def disconnect_reason_name(participant: rtc.Participant) -> str:
-    """``client_initiated``, ``signal_close``… (``unknown_reason`` when there is none)."""
-    reason = participant.disconnect_reason or rtc.DisconnectReason.UNKNOWN_REASON
-    return rtc.DisconnectReason.Name(reason).lower()
 
 
 class ClaraVoiceAgent:
@@ -77,21 +72,17 @@ class ClaraVoiceAgent:
     ) -> None:
         self._room = room
         self._settings = settings
-        self._pipeline = pipeline
         self._log = log = get_logger("clara_voice.agent", **(log_context or {}))
         self.registry = SessionRegistry()
         self.metrics = PerformanceMetrics()
+        self.surface = RoomSurface(room, log=log, on_error=lambda: self.count_error("session"))
+        self._places = SessionPlaces(
+            limit=settings.max_sessions_per_room, notices=self.surface.notices
+        )
         recorder = None
         if backend is not None:
-            recorder = ConversationRecorder(
-                backend,
-                directory=settings.data_dir,
-                log=log,
-                flush_timeout=settings.outbox_flush_timeout,
-                retry_max=settings.outbox_retry_max,
-                max_attempts=settings.outbox_max_attempts,
-                max_bytes=settings.outbox_max_bytes,
-                on_error=lambda: self.count_error("persistence"),
+            recorder = ConversationRecorder.from_settings(
+                backend, settings, log=log, on_error=lambda: self.count_error("persistence")
             )
         self.conversation = Conversation(
             room, recorder=recorder, log=log, summary_messages=settings.summary_messages
@@ -108,9 +99,30 @@ class ClaraVoiceAgent:
             log=log,
         )
         self._sync = SessionSync(
-            room, self.registry, settings, log=log, count_error=self.count_error
+            room,
+            self.registry,
+            settings,
+            surface=self.surface,
+            log=log,
+            count_error=self.count_error,
         )
-        self.registry.on("turn_completed", self._on_turn_completed)
+        self._pipelines = SessionPipelines(
+            pipeline,
+            room=room,
+            surface=self.surface,
+            conversation=self.conversation,
+            registry=self.registry,
+            count_error=self.count_error,
+            closed=self.pipeline_closed,
+        )
+        self._revival = PipelineRevival(
+            self.registry,
+            present=self._pipelines.present,
+            rebuild=self._pipelines.rebuild,
+            end_session=self.end_session_soon,
+        )
+        self.registry.on("turn_completed", self.metrics.turn_completed)
+        self.registry.on("session_closed", self._on_session_closed)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cleanups: set[asyncio.Task[Any]] = set()
         self._started = False
@@ -119,10 +131,6 @@ class ClaraVoiceAgent:
     @property
     def sessions(self) -> Mapping[str, ParticipantSession]:
         return self.registry.sessions
-
-    def session_of(self, identity: str) -> ParticipantSession | None:
-        """The session of a participant identity, if it has one."""
-        return self.registry.of(identity)
 
     @property
     def error_count(self) -> int:
@@ -134,6 +142,7 @@ class ClaraVoiceAgent:
         if self._started or self._closed:
             return
         self._started = True
+        self.surface.start()
         await self.conversation.start(history=self._settings.history_messages)
         self._room.on("participant_connected", self._on_participant_connected)
         self._room.on("participant_disconnected", self._on_participant_disconnected)
@@ -147,10 +156,12 @@ class ClaraVoiceAgent:
     async def aclose(self) -> None:
         """Close every session, then stop; safe to call twice.
 
-        Cleanups already under way (the room disconnected, a grace period ran out) are
-        waited for, not cancelled; every other session is cleaned up here. Each client gets
-        its final ``ending`` event while the agent's link is up, and every session's summary
-        is persisted before the recorder flushes and closes.
+        Sessions close concurrently, within ``CLARA_JOB_SHUTDOWN_TIMEOUT`` (less the
+        outbox's flush and a margin) however many there are; cleanups already under way
+        (a participant left, a grace period ran out) are waited for, not cancelled. Each
+        client gets its final ``ending`` event while the agent's link is up, and every
+        session's summary is written, even one whose cleanup ran out of time, before the
+        recorder flushes and closes.
         """
         if self._closed:
             return
@@ -160,27 +171,45 @@ class ClaraVoiceAgent:
             self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_disconnected", self._on_participant_disconnected)
         self._reconnection.close()
-        failures: list[BaseException] = []
-        if self._cleanups:
-            # a failed cleanup was already logged and counted by its done callback
-            await asyncio.gather(*self._cleanups, return_exceptions=True)
+        await self._revival.aclose()
         await aio.cancel_and_wait(*self._tasks)  # joins still starting are abandoned
-        for session_id in list(self.registry.sessions):
-            try:
-                await self.cleanup_session(session_id, reason="agent closed")
-            except Exception as exc:
-                failures.append(exc)
-        await self._sync.aclose()  # after the sessions, so their last events go out
-        for close in (self._pipeline.aclose, self.conversation.aclose):
+        await self._close_sessions()
+        failures: list[BaseException] = []
+        # sync after the sessions, so their last events go out; the surface after both
+        for close in (
+            self._sync.aclose,
+            self._pipelines.aclose,
+            self.surface.aclose,
+            self.conversation.aclose,
+        ):
             try:
                 await close()
             except Exception as exc:
                 failures.append(exc)
-        self.registry.off("turn_completed", self._on_turn_completed)
+        self.registry.off("turn_completed", self.metrics.turn_completed)
+        self.registry.off("session_closed", self._on_session_closed)
         for failure in failures:
             self.count_error("session")
             self._log.error("error while closing the agent", exc_info=failure)
         self._log.info("agent closed", extra={"errors": self.error_count})
+
+    async def _close_sessions(self) -> None:
+        settings = self._settings
+        budget = settings.job_shutdown_timeout - settings.outbox_flush_timeout - SHUTDOWN_MARGIN
+        cleanups = self._cleanups | {
+            asyncio.create_task(self.cleanup_session(sid, reason="agent closed"))
+            for sid in list(self.registry.sessions)
+        }
+        if not cleanups:
+            return
+        done, late = await asyncio.wait(cleanups, timeout=max(budget, 1.0))
+        if late:  # their summaries are written all the same (cleanup_session's finally)
+            self._log.warning("sessions did not close in time", extra={"sessions": len(late)})
+            await aio.cancel_and_wait(*late)
+        for task in done - self._cleanups:  # those of _cleanups were logged by _on_task_done
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                self.count_error("session")
+                self._log.error("error while closing a session", exc_info=exc)
 
     # -- seed 000 -----------------------------------------------------------------------
 
@@ -205,6 +234,8 @@ class ClaraVoiceAgent:
             # the same identity joined again before its old session ended (e.g. a second
             # device replacing the first): one session per identity, the newest wins
             await self.cleanup_session(previous.session_id, reason="identity rejoined")
+        if not self._places.admit(identity, participant.sid, taken=len(self.registry.sessions)):
+            return None  # told so; it gets a session when a place frees up
 
         session_id = new_session_id(identity)
         log = self._log.bind(participant=identity, session_id=session_id)
@@ -216,25 +247,12 @@ class ClaraVoiceAgent:
             session_type=resolve_session_type(
                 participant, self._settings.default_session_type, log
             ),
-            earlier_messages=list(self.conversation.earlier_messages),
         )
         self.registry.add(session)
         log.info("participant joined")
         self.conversation.joined(participant)
-
-        session.start_task = asyncio.create_task(
-            self._pipeline.start(
-                room=self._room,
-                participant=participant,
-                session_type=session.session_type,
-                history=session.earlier_messages,
-                events=_SessionEvents(self, session),
-                log=log,
-            ),
-            name=f"clara.pipeline_start.{session_id}",
-        )
         try:
-            session.pipeline = await session.start_task
+            session.pipeline = await self._pipelines.start(session, participant)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
@@ -251,8 +269,6 @@ class ClaraVoiceAgent:
             self.registry.transition(session, "error", reason="initialization failed")
             await self.cleanup_session(session_id, reason="initialization failed")
             return None
-        finally:
-            session.start_task = None
 
         if session.connection_state == "closed":
             # cleaned up while the pipeline's start was finishing: the pipeline is ours to close
@@ -263,69 +279,80 @@ class ClaraVoiceAgent:
         return session
 
     async def on_participant_left(self, participant: rtc.RemoteParticipant) -> None:
-        """End the session of a participant that left the room."""
+        """End (or hold) the session of a participant that left; returns once it ended."""
+        if (task := self._participant_left(participant)) is not None:
+            await asyncio.shield(task)
+
+    def _participant_left(self, participant: rtc.RemoteParticipant) -> asyncio.Task[Any] | None:
+        # synchronous up to the cleanup task, which aclose waits for: a leave just before
+        # the job shuts down still gets its summary written
         session = self.registry.of(participant.identity)
         if session is None:
-            return
+            self._places.left(participant.identity, participant.sid)
+            return None
         if session.participant_sid and session.participant_sid != participant.sid:
-            return  # a stale leave of an earlier connection of this identity
+            return None  # a stale leave of an earlier connection of this identity
         reason = disconnect_reason_name(participant)
         session.log.info("participant left", extra={"reason": reason})
         self.conversation.left(participant.identity)
-        if not is_deliberate(participant) and session.connection_state in (
-            "connected",
-            "reconnecting",
-        ):
+        held = session.connection_state in ("connected", "reconnecting")
+        if held and not is_deliberate(participant):
             self._reconnection.hold(session, reason)
-            return
-        await self.cleanup_session(session.session_id, reason=f"participant left ({reason})")
+            return None
+        return self.end_session_soon(session.session_id, reason=f"participant left ({reason})")
 
     async def cleanup_session(self, session_id: str, *, reason: str = "cleanup") -> bool:
-        """Remove a session and close what it owns; ``False`` if there was no such session."""
+        """Remove a session and close what it owns; ``False`` if there was no such session.
+        Its summary is written even when the cleanup is cancelled halfway."""
         session = self.registry.detach(session_id)
         if session is None:
             return False
         self._reconnection.forget(session_id)
-        session.log.info("cleaning up session", extra={"reason": reason})
-        # ending from now on: the client hears so before the pipeline takes its time to close
-        self.registry.transition(session, "closed", reason=reason)
-        if session.start_task is not None and not session.start_task.done():
-            await aio.cancel_and_wait(session.start_task)
+        self._revival.forget(session_id)
         try:
+            session.log.info("cleaning up session", extra={"reason": reason})
+            # ending from now on: the client hears so before the pipeline takes its time
+            self.registry.transition(session, "closed", reason=reason)
+            if session.start_task is not None and not session.start_task.done():
+                await aio.cancel_and_wait(session.start_task)
             if session.pipeline is not None:
                 await session.pipeline.aclose()
         except Exception as exc:
             self.count_error("session")
             session.log.error("failed to close the session's pipeline", exc_info=exc)
-        self.conversation.summary(session)
-        session.log.info(
-            "session closed",
-            extra={
-                "duration_s": round(session.age_seconds, 3),
-                "message_count": session.message_count,
-            },
-        )
-        self.registry.closed(session, reason)
+        finally:
+            self.conversation.summary(session)
+            session.log.info(
+                "session closed",
+                extra={
+                    "duration_s": round(session.age_seconds, 3),
+                    "message_count": session.message_count,
+                },
+            )
+            self.registry.closed(session, reason)
         return True
 
-    def end_session_soon(self, session_id: str, *, reason: str) -> None:
+    def end_session_soon(self, session_id: str, *, reason: str) -> asyncio.Task[Any] | None:
         """Clean a session up from synchronous code (timers, room handlers); ``aclose``
-        waits for it to finish."""
-        if session_id in self.registry.sessions and not self._closed:
-            task = self._spawn(
-                self.cleanup_session(session_id, reason=reason), f"cleanup.{session_id}"
-            )
-            self._tasks.discard(task)
-            self._cleanups.add(task)
+        waits for it to finish. The cleanup task, or ``None`` when there is none to do."""
+        if session_id not in self.registry.sessions or self._closed:
+            return None
+        task = self._spawn(self.cleanup_session(session_id, reason=reason), f"cleanup.{session_id}")
+        self._tasks.discard(task)
+        self._cleanups.add(task)
+        return task
 
-    def pipeline_closed(self, session: ParticipantSession, reason: str, *, error: bool) -> None:
+    def pipeline_closed(self, session: ParticipantSession, reason: str, error: bool) -> None:
         """livekit closed the session's pipeline on its own: after an unrecoverable error
+        a new one is built for the participant still in the room (agent/revival.py), or
         the session fails; when the job is shutting down (livekit closes the job's first
         AgentSession before anything else) it simply ends."""
         if self.registry.sessions.get(session.session_id) is not session or self._closed:
             return
         if error:
             session.log.warning("pipeline closed by livekit", extra={"reason": reason})
+            if self._revival.pipeline_failed(session, reason):
+                return
             if session.connection_state != "closed":
                 self.registry.transition(session, "error", reason=f"pipeline closed: {reason}")
         else:
@@ -337,28 +364,22 @@ class ClaraVoiceAgent:
         self.metrics.error_count += 1
         telemetry.count_error(source)
 
-    def _on_turn_completed(self, session: ParticipantSession, turn: TurnMetrics) -> None:
-        self.metrics.record_turn(turn)
-        telemetry.record_turn(turn)
-        session.log.info(
-            "turn completed",
-            extra={
-                "message_count": session.message_count,
-                "e2e_latency": turn.e2e_latency,
-                "end_of_turn_delay": turn.end_of_turn_delay,
-                "transcription_delay": turn.transcription_delay,
-                "llm_ttft": turn.llm_ttft,
-                "tts_ttfb": turn.tts_ttfb,
-            },
-        )
-
     # -- room event handlers (synchronous: they hand the work to owned tasks) -------------
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         self._spawn(self.on_participant_joined(participant), f"join.{participant.identity}")
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        self._spawn(self.on_participant_left(participant), f"leave.{participant.identity}")
+        self._participant_left(participant)
+
+    def _on_session_closed(self, session: ParticipantSession, reason: str) -> None:
+        # a place is free: the first participant waiting for one (still there) gets it
+        while not self._closed and (waiting := self._places.next_waiting()) is not None:
+            identity, sid = waiting
+            participant = self._room.remote_participants.get(identity)
+            if participant is not None and participant.sid == sid:
+                self._on_participant_connected(participant)
+                return
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"clara.{name}")
@@ -372,29 +393,6 @@ class ClaraVoiceAgent:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.count_error("session")
             self._log.error("room event handler failed", exc_info=exc)
-
-
-class _SessionEvents:
-    """What one session's pipeline reports, applied to that session."""
-
-    def __init__(self, agent: ClaraVoiceAgent, session: ParticipantSession) -> None:
-        self._agent = agent
-        self._session = session
-
-    def message_added(self, message: HistoryMessage) -> None:
-        self._agent.conversation.message(self._session, message)
-
-    def turn_completed(self, turn: TurnMetrics) -> None:
-        self._agent.registry.turn_completed(self._session, turn)
-
-    def provider_failed(self, source: str, error: object) -> None:
-        self._agent.count_error("provider")
-        self._session.log.error(
-            "provider failed the turn", extra={"source": source, "error": str(error)[:300]}
-        )
-
-    def pipeline_closed(self, reason: str, *, error: bool) -> None:
-        self._agent.pipeline_closed(self._session, reason, error=error)
 
 
 __all__ = ["CONNECT_FAILED_MESSAGE", "HUMAN_KINDS", "ClaraVoiceAgent"]

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from clara_voice import telemetry
 from clara_voice.voice.messages import TurnMetrics
+
+if TYPE_CHECKING:
+    from clara_voice.agent.session import ParticipantSession
 
 LATENCY_WINDOW = 20
 """Turns the latency averages cover."""
@@ -40,3 +45,19 @@ class PerformanceMetrics:
         if (processing := turn.processing_time) is not None:
             self._processing.append(processing)
             self.processing_time = sum(self._processing) / len(self._processing)
+
+    def turn_completed(self, session: ParticipantSession, turn: TurnMetrics) -> None:
+        """The registry's ``turn_completed``: the turn is kept, exported and logged."""
+        self.record_turn(turn)
+        telemetry.record_turn(turn)
+        session.log.info(
+            "turn completed",
+            extra={
+                "message_count": session.message_count,
+                "e2e_latency": turn.e2e_latency,
+                "end_of_turn_delay": turn.end_of_turn_delay,
+                "transcription_delay": turn.transcription_delay,
+                "llm_ttft": turn.llm_ttft,
+                "tts_ttfb": turn.tts_ttfb,
+            },
+        )

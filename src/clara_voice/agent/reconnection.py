@@ -35,7 +35,7 @@ from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import Settings
 from clara_voice.logging import ContextLogger
 
-EndSession = Callable[..., None]
+EndSession = Callable[..., object]
 """``end_session(session_id, reason=...)``: clean a session up soon (the agent's)."""
 
 # disconnects that are someone's decision, not the network's: the session ends at once

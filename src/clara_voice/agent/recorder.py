@@ -2,9 +2,10 @@
 
 Writes (turns, participant events, session summaries) become :class:`OutboxRecord`s put
 into the durable outbox without waiting: the agent's room handlers and the audio path never
-await the disk or the network. Reads (the conversation id, the last messages of a known
-conversation) happen once at job start, bounded by the backend's timeout; when they fail
-the job starts with what it has and says so.
+await the disk or the network. Reads are bounded by ``START_TIMEOUT``: the conversation id
+once at job start, and a participant's last messages of a known conversation when its
+first session of the job starts; when one fails the job goes on with what it has and says
+so.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from clara_voice.persistence.outbox import Outbox
 if TYPE_CHECKING:
     from clara_voice.agent.context import ParticipantState, RoomContext
     from clara_voice.agent.session import ParticipantSession
+    from clara_voice.config import Settings
     from clara_voice.voice.messages import HistoryMessage
 
 START_TIMEOUT = 5.0
@@ -65,12 +67,33 @@ class ConversationRecorder:
         self._started = False
         self._closed = False
 
+    @classmethod
+    def from_settings(
+        cls,
+        backend: Backend,
+        settings: Settings,
+        *,
+        log: ContextLogger,
+        on_error: Callable[[], None],
+    ) -> ConversationRecorder:
+        """A recorder with the outbox ``settings`` ask for, under ``CLARA_DATA_DIR``."""
+        return cls(
+            backend,
+            directory=settings.data_dir,
+            log=log,
+            flush_timeout=settings.outbox_flush_timeout,
+            retry_max=settings.outbox_retry_max,
+            max_attempts=settings.outbox_max_attempts,
+            max_bytes=settings.outbox_max_bytes,
+            on_error=on_error,
+        )
+
     @property
     def outbox(self) -> Outbox:
         return self._outbox
 
-    async def start(self, *, room: str, context: RoomContext, history: int) -> list[StoredMessage]:
-        """Open the outbox, tell the backend the agent joined, load the recent messages."""
+    async def start(self, *, room: str, context: RoomContext) -> None:
+        """Open the outbox and tell the backend the agent joined."""
         self._started = True
         self._room = room
         self.conversation_id = context.conversation_id
@@ -86,26 +109,37 @@ class ConversationRecorder:
                 "backend did not confirm the conversation, going on with the room's id",
                 extra={"conversation_id": self.conversation_id, "error": _short(exc)},
             )
-        if not context.known or history == 0:
-            return []
-        return await self.recent_messages(self.conversation_id, history)
 
-    async def recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
-        """The conversation's last ``limit`` messages from the backend (bounded by
-        ``START_TIMEOUT``); none, with a warning, when the backend fails."""
+    async def recent_messages(
+        self, conversation_id: str, limit: int, *, participant: str
+    ) -> list[StoredMessage]:
+        """``participant``'s last ``limit`` messages of the conversation from the backend
+        (bounded by ``START_TIMEOUT``); none, with a warning, when the backend fails."""
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                earlier = await self._backend.get_recent_messages(conversation_id, limit)
+                earlier = await self._backend.get_recent_messages(
+                    conversation_id, limit, participant=participant
+                )
         except Exception as exc:
             self._on_error()
             self._log.warning(
-                "could not load the conversation's earlier messages, starting without them",
-                extra={"conversation_id": conversation_id, "error": _short(exc)},
+                "could not load the participant's earlier messages, starting without them",
+                extra={
+                    "conversation_id": conversation_id,
+                    "participant": participant,
+                    "error": _short(exc),
+                },
             )
             return []
+        # a backend that ignores the participant must not leak another's words
+        earlier = [m for m in earlier if m.participant == participant]
         self._log.info(
             "conversation continued",
-            extra={"conversation_id": conversation_id, "earlier_messages": len(earlier)},
+            extra={
+                "conversation_id": conversation_id,
+                "participant": participant,
+                "earlier_messages": len(earlier),
+            },
         )
         return earlier[-limit:]
 

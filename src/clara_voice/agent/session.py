@@ -27,7 +27,8 @@ _ALLOWED: dict[ConnectionState, frozenset[ConnectionState]] = {
     "connecting": frozenset({"connected", "error", "closed"}),
     "connected": frozenset({"reconnecting", "error", "closed"}),
     "reconnecting": frozenset({"connected", "error", "closed"}),
-    "error": frozenset({"closed"}),
+    # a failed pipeline is rebuilt for the same session (agent/revival.py)
+    "error": frozenset({"connected", "closed"}),
     "closed": frozenset(),
 }
 
@@ -69,7 +70,9 @@ class ParticipantSession:
     history: list[HistoryMessage] = field(default_factory=list, repr=False)
     """Every user and assistant message of this session, in order."""
     earlier_messages: list[HistoryMessage] = field(default_factory=list, repr=False)
-    """Messages of earlier sessions of the conversation, given to the LLM as context."""
+    """The participant's own messages of earlier sessions of the conversation, given to the
+    LLM as context (loaded once, when its first pipeline starts)."""
+    earlier_loaded: bool = field(default=False, repr=False)
 
     log: ContextLogger = field(repr=False)
     pipeline: VoicePipeline | None = field(default=None, repr=False)

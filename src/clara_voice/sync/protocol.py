@@ -26,8 +26,6 @@ SESSION_ATTRIBUTE_PREFIX: Final = "clara.session."
 
 MAX_REQUEST_BYTES: Final = 1024
 """Largest RPC payload or ``clara.session_type`` value a change request may carry."""
-MAX_ATTRIBUTES_BYTES: Final = 32 * 1024
-"""Budget for the agent's session attributes (LiveKit allows 64 KiB for all of them)."""
 
 SessionState = Literal["idle", "active", "syncing", "ending", "error"]
 TurnDetection = TurnDetectionKind

@@ -1,11 +1,11 @@
-"""SyncPublisher: what session sync sends to the room, from one owned task.
+"""SyncPublisher: what session sync sends to the room.
 
 Two kinds of things go out: events on the ``clara.sync`` data topic, each to its session's
-owner only (reliable, in order), and the agent attributes ``clara.session.<identity>``
-(coalesced: at most one write per ``attribute_interval``, the latest value of each key, an
-empty value removing it, within the attribute budget, and only what differs from what the
-room already has). Room handlers stay synchronous: they
-queue, the task publishes. While the agent's own link is down the queue waits (at most
+owner only (reliable, in order, from one owned task), and each session's config as the
+agent attribute ``clara.session.<identity>``, through the room's one attribute writer
+(:class:`~clara_voice.voice.attributes.AgentAttributes`: coalesced, only what changed,
+within the attribute budget). Room handlers stay synchronous: they queue, the task
+publishes. While the agent's own link is down the queue waits (at most
 ``MAX_QUEUED_EVENTS`` events, the oldest dropped first) and goes out once it is back.
 """
 
@@ -21,7 +21,6 @@ from livekit.agents.utils import aio
 
 from clara_voice.logging import ContextLogger
 from clara_voice.sync.protocol import (
-    MAX_ATTRIBUTES_BYTES,
     SESSION_ATTRIBUTE_PREFIX,
     SYNC_TOPIC,
     SessionConfig,
@@ -30,36 +29,30 @@ from clara_voice.sync.protocol import (
     sync_event,
 )
 from clara_voice.telemetry import ErrorSource
+from clara_voice.voice.attributes import AgentAttributes
 
 MAX_QUEUED_EVENTS = 256
 
 
 class SyncPublisher:
-    """Queues sync events and session attributes and publishes them in order."""
+    """Queues sync events and publishes them in order; sets session attributes."""
 
     def __init__(
         self,
         room: rtc.Room,
+        attributes: AgentAttributes,
         *,
         log: ContextLogger,
         count_error: Callable[[ErrorSource], None],
         rejected: Counter[str],
-        attribute_interval: float = 0.5,
     ) -> None:
         self._room = room
+        self._attributes = attributes
         self._log = log
         self._count_error = count_error
         self._rejected = rejected
-        self._attribute_interval = attribute_interval
         self._events: deque[tuple[str, str]] = deque(maxlen=MAX_QUEUED_EVENTS)
-        self._dirty: dict[str, str] = {}
-        self._written: dict[str, str] = {}
-        self._sizes: dict[str, int] = {}
-        self._total_size = 0
-        """The sum of ``_sizes`` (kept, not summed at every call)."""
         self._encoded: dict[str, tuple[tuple[Any, ...], str]] = {}
-        self._over_budget: set[str] = set()
-        self._last_attribute_write = -float("inf")
         self._link_up = asyncio.Event()
         self._link_up.set()
         self._wakeup = asyncio.Event()
@@ -81,11 +74,12 @@ class SyncPublisher:
         if self._publish_atask is not None:
             await aio.cancel_and_wait(self._publish_atask)
         self._events.clear()
-        self._dirty.clear()
+        self._encoded.clear()
         self._drained.set()
 
     def link(self, *, up: bool) -> None:
         """The agent's own link went up or down: publishing goes on or waits."""
+        self._attributes.link(up=up)
         if up:
             self._link_up.set()
             self._wakeup.set()
@@ -117,7 +111,8 @@ class SyncPublisher:
         )
         self._events.append((identity, encode(message)))
         self.events_sent[event_type] += 1
-        self._kick()
+        self._drained.clear()
+        self._wakeup.set()
         self.config(identity, config)
 
     def config(self, identity: str, config: SessionConfig) -> None:
@@ -130,40 +125,18 @@ class SyncPublisher:
 
     def attribute(self, identity: str, value: str) -> None:
         """Set ``clara.session.<identity>`` to ``value`` ("" removes it)."""
-        key = SESSION_ATTRIBUTE_PREFIX + identity
-        if key not in self._dirty and self._written.get(key, "") == value:
-            return  # the room has it already (and its size is counted): nothing changes
-        size = len(key.encode()) + len(value.encode())
-        others = self._total_size - self._sizes.get(key, 0)
-        if value and others + size > MAX_ATTRIBUTES_BYTES:
-            self._rejected["attribute_budget"] += 1
-            if key not in self._over_budget:  # said once, not at every round
-                self._over_budget.add(key)
-                self._log.warning(
-                    "session attributes over budget, not published", extra={"key": key}
-                )
-            return
-        self._over_budget.discard(key)
-        self._total_size -= self._sizes.pop(key, 0)
-        if value:
-            self._sizes[key] = size
-            self._total_size += size
-        else:
+        if not value:
             self._encoded.pop(identity, None)
-        self._dirty[key] = value
-        self._kick()
+        if not self._attributes.set(SESSION_ATTRIBUTE_PREFIX + identity, value):
+            self._rejected["attribute_budget"] += 1
 
     async def drain(self) -> None:
         """Wait until everything queued has been published (callers bound the wait)."""
         while not self._drained.is_set():
             await self._drained.wait()
-
-    def _kick(self) -> None:
-        self._drained.clear()
-        self._wakeup.set()
+        await self._attributes.drain()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -176,25 +149,7 @@ class SyncPublisher:
                     ),
                     "sync event",
                 )
-            if self._dirty:
-                wait = self._attribute_interval - (loop.time() - self._last_attribute_write)
-                if wait > 0:
-                    await asyncio.sleep(wait)  # attributes are for a few updates a second at most
-                    self._wakeup.set()
-                    continue
-                attributes, self._dirty = self._dirty, {}
-                attributes = {k: v for k, v in attributes.items() if self._written.get(k, "") != v}
-                if attributes:
-                    self._last_attribute_write = loop.time()
-                    if await self._guard(
-                        self._room.local_participant.set_attributes(attributes), "attributes"
-                    ):
-                        for key, value in attributes.items():  # "" removed the key
-                            if value:
-                                self._written[key] = value
-                            else:
-                                self._written.pop(key, None)
-            if not self._events and not self._dirty and not self._wakeup.is_set():
+            if not self._events and not self._wakeup.is_set():
                 self._drained.set()
 
     async def _guard(self, publish: Coroutine[Any, Any, None], what: str) -> bool:

@@ -21,7 +21,6 @@ from typing import Protocol
 from livekit import rtc
 
 from clara_voice._ratelimit import RateLimits
-from clara_voice.logging import ContextLogger
 from clara_voice.states import SESSION_TYPE_ATTRIBUTE, SessionType
 from clara_voice.sync.protocol import (
     RequestError,
@@ -32,6 +31,7 @@ from clara_voice.sync.protocol import (
     parse_type_request,
 )
 from clara_voice.sync.seams import SyncedSession, SyncSessions
+from clara_voice.voice.notices import RefusalLog
 
 
 class TypeSwitch(Protocol):
@@ -54,7 +54,7 @@ class ChangeRequests:
         sessions: SyncSessions,
         switch: TypeSwitch,
         *,
-        log: ContextLogger,
+        refusals: RefusalLog,
         rejected: Counter[str],
         rate_capacity: float = 5.0,
         rate_per_second: float = 0.5,
@@ -62,13 +62,9 @@ class ChangeRequests:
     ) -> None:
         self._sessions = sessions
         self._switch = switch
-        self._log = log
+        self._refusals = refusals
         self._rejected = rejected
         self._limits = RateLimits(capacity=rate_capacity, rate=rate_per_second, clock=clock)
-
-    def forget(self, identity: str) -> None:
-        """Drop ``identity``'s rate limit (its session ended)."""
-        self._limits.forget(identity)
 
     def clear(self) -> None:
         """Drop every rate limit."""
@@ -119,11 +115,10 @@ class ChangeRequests:
         )
 
     def refuse(self, error: RequestError, identity: str, source: str) -> None:
-        """Count and log a refused request."""
+        """Count and log a refused request (the log rate-limited across the room)."""
         self._rejected[error.code] += 1
-        self._log.warning(
-            "session change refused",
-            extra={"participant": identity[:128], "via": source, "error": error.code},
+        self._refusals.refused(
+            "session change refused", participant=identity, via=source, error=error.code
         )
 
     def _admit(self, identity: str) -> None:

@@ -54,6 +54,7 @@ from clara_voice.sync.requests import ChangeRequests
 from clara_voice.sync.seams import SyncedSession, SyncSessions
 from clara_voice.sync.validation import RoomLink, SessionRecord, check, microphone_of, room_state
 from clara_voice.telemetry import ErrorSource
+from clara_voice.voice.surface import RoomSurface
 
 FLUSH_TIMEOUT = 2.0
 """Seconds ``aclose`` waits for queued events to be published."""
@@ -74,10 +75,10 @@ class SessionSync(AsyncService):
         sessions: SyncSessions,
         settings: Settings,
         *,
+        surface: RoomSurface,
         log: ContextLogger,
         count_error: Callable[[ErrorSource], None] = lambda source: None,
         interval: float | None = None,
-        attribute_interval: float = 0.5,
         rate_capacity: float = 5.0,
         rate_per_second: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
@@ -97,16 +98,12 @@ class SessionSync(AsyncService):
         """Change requests refused or ignored, by reason (client mistakes, not agent errors)."""
         self.corrections = 0
         self._publisher = SyncPublisher(
-            room,
-            log=log,
-            count_error=count_error,
-            rejected=self.rejected,
-            attribute_interval=attribute_interval,
+            room, surface.attributes, log=log, count_error=count_error, rejected=self.rejected
         )
         self._requests = ChangeRequests(
             sessions,
             self,
-            log=log,
+            refusals=surface.notices.refusals,
             rejected=self.rejected,
             rate_capacity=rate_capacity,
             rate_per_second=rate_per_second,
@@ -196,11 +193,6 @@ class SessionSync(AsyncService):
 
     # -- the sessions' events --------------------------------------------------------------
 
-    def config_of(self, session_id: str) -> SessionConfig | None:
-        """The agent's view of a session (``None`` once it ended)."""
-        record = self._records.get(session_id)
-        return None if record is None else record.config
-
     def _on_session_created(self, session: SyncedSession) -> None:
         self._record(session)
 
@@ -246,7 +238,6 @@ class SessionSync(AsyncService):
 
     def _forget(self, session: SyncedSession) -> None:
         self._records.pop(session.session_id, None)
-        self._requests.forget(session.participant_id)
         if self._sessions.of(session.participant_id) is None:
             self._publisher.attribute(session.participant_id, "")
 

@@ -4,8 +4,9 @@
 :class:`MediaBinding`, which connects it to one participant's audio and text, starts it and
 returns a :class:`MediaLink` that the pipeline closes with the session. :class:`RoomMedia`
 is the production binding: a livekit ``RoomIO`` per participant, each given a
-:class:`~clara_voice.voice.privacy.ParticipantView` of the room, so that what it publishes and
-sends reaches that participant only. livekit's RoomIO follows its participant's identity
+:class:`~clara_voice.voice.privacy.ParticipantView` of the room's
+:class:`~clara_voice.voice.surface.RoomSurface`, so that what it publishes and sends
+reaches that participant only. livekit's RoomIO follows its participant's identity
 by itself: when the participant drops and comes back (``close_on_disconnect`` off), or
 publishes a new microphone, its audio input picks the new track up. Tests bind livekit's
 audio and text I/O seams directly. :func:`apology_audio` reads the spoken apology a
@@ -15,6 +16,7 @@ pipeline plays when the TTS itself failed a turn.
 
 from __future__ import annotations
 
+import asyncio
 import wave
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -28,7 +30,8 @@ from livekit.agents.voice import room_io
 from clara_voice.logging import ContextLogger
 from clara_voice.states import SessionType
 from clara_voice.voice.assistant import ClaraAssistant
-from clara_voice.voice.privacy import ParticipantView, RoomPrivacy
+from clara_voice.voice.privacy import ParticipantView
+from clara_voice.voice.surface import RoomSurface
 
 
 class MediaLink(Protocol):
@@ -50,15 +53,15 @@ class MediaBinding(Protocol):
         agent_session: AgentSession[Any],
         assistant: ClaraAssistant,
         *,
-        room: rtc.Room,
+        surface: RoomSurface,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
         log: ContextLogger,
     ) -> MediaLink: ...
 
-    async def aclose(self) -> None:
-        """Release what the room's links shared."""
-        ...
+
+ROOM_IO_CLOSE_TIMEOUT = 3.0
+"""Bound on closing one participant's RoomIO."""
 
 
 def agent_track_name(identity: str) -> str:
@@ -69,27 +72,17 @@ def agent_track_name(identity: str) -> str:
 class RoomMedia:
     """Production binding: a livekit ``RoomIO`` per participant, private to it."""
 
-    def __init__(self) -> None:
-        self._privacy: RoomPrivacy | None = None
-
-    @property
-    def privacy(self) -> RoomPrivacy | None:
-        """The room's subscription grants and agent states (once a link was made)."""
-        return self._privacy
-
     async def start(
         self,
         agent_session: AgentSession[Any],
         assistant: ClaraAssistant,
         *,
-        room: rtc.Room,
+        surface: RoomSurface,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
         log: ContextLogger,
     ) -> MediaLink:
-        if self._privacy is None:
-            self._privacy = RoomPrivacy(room, log)
-        view = self._privacy.view(participant.identity)
+        view = ParticipantView(surface, participant.identity)
         options = room_io.RoomOptions(
             participant_identity=participant.identity,
             close_on_disconnect=False,  # ClaraVoiceAgent owns what a disconnect means
@@ -111,10 +104,6 @@ class RoomMedia:
             raise
         return room_link
 
-    async def aclose(self) -> None:
-        if self._privacy is not None:
-            await self._privacy.aclose()
-
 
 class _RoomLink:
     def __init__(self, room_io: room_io.RoomIO, view: ParticipantView) -> None:
@@ -123,7 +112,8 @@ class _RoomLink:
 
     async def aclose(self) -> None:
         try:
-            await self._room_io.aclose()
+            # bounded: a room going away under it must not hold the session's cleanup
+            await asyncio.wait_for(self._room_io.aclose(), ROOM_IO_CLOSE_TIMEOUT)
         finally:
             # RoomIO's audio output never unpublishes its track: the view does
             await self.view.aclose()

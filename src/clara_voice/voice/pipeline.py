@@ -50,6 +50,7 @@ from clara_voice.voice.messages import HistoryMessage, history_message, turn_met
 from clara_voice.voice.providers import Providers, build_providers, connect_options
 from clara_voice.voice.routing import ChatRouter, PushToTalk
 from clara_voice.voice.seams import PipelineEvents
+from clara_voice.voice.surface import RoomSurface
 from clara_voice.voice.turns import (
     SESSION_TYPE_CONFIGS,
     EffectiveConfig,
@@ -92,7 +93,7 @@ class LiveKitPipelineFactory:
     async def start(
         self,
         *,
-        room: rtc.Room,
+        surface: RoomSurface,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
         history: Sequence[HistoryMessage],
@@ -100,7 +101,7 @@ class LiveKitPipelineFactory:
         log: ContextLogger,
     ) -> LiveKitPipeline:
         settings = self._settings
-        routes = self._routers(room)
+        routes = self._routers(surface)
         eot = _once(self._turn_detector)
         agent_session: AgentSession[Any] = AgentSession(
             stt=self._providers.stt,
@@ -127,7 +128,7 @@ class LiveKitPipelineFactory:
             pipeline.media = await self._media.start(
                 agent_session,
                 ClaraAssistant(instructions=settings.instructions, chat_ctx=_chat_context(history)),
-                room=room,
+                surface=surface,
                 participant=participant,
                 session_type=session_type,
                 log=log,
@@ -139,11 +140,13 @@ class LiveKitPipelineFactory:
         log.info("pipeline started", extra={"session_type": session_type})
         return pipeline
 
-    def _routers(self, room: rtc.Room) -> tuple[ChatRouter, PushToTalk]:
+    def _routers(self, surface: RoomSurface) -> tuple[ChatRouter, PushToTalk]:
         if self._chat is None:
-            self._chat = ChatRouter(room, self._log)
+            self._chat = ChatRouter(surface.streams, surface.notices, self._log)
         if self._push_to_talk is None:
-            self._push_to_talk = PushToTalk(room.local_participant, self._log)
+            self._push_to_talk = PushToTalk(
+                surface.room.local_participant, surface.notices.refusals
+            )
             self._push_to_talk.register()
         return self._chat, self._push_to_talk
 
@@ -154,10 +157,9 @@ class LiveKitPipelineFactory:
         self._closed = True
         if self._push_to_talk is not None:
             self._push_to_talk.close()
-        if self._chat is not None:
-            await self._chat.aclose()
         try:
-            await self._media.aclose()
+            if self._chat is not None:
+                await self._chat.aclose()
         finally:
             await self._providers.aclose()
 
@@ -310,14 +312,18 @@ class LiveKitPipeline:
         source = getattr(error, "type", type(error).__name__)
         self._events.provider_failed(source, error)
         if not self._closed and source in ("llm_error", "tts_error", "stt_error"):
-            self._apologize(tts_failed=source == "tts_error")
+            self.apologize(tts_failed=source == "tts_error")
 
     def _on_close(self, event: CloseEvent) -> None:
         if not self._closed:
             reason = CloseReason(event.reason)
             self._events.pipeline_closed(reason.value, error=reason == CloseReason.ERROR)
 
-    def _apologize(self, *, tts_failed: bool) -> None:
+    def apologize(self, *, tts_failed: bool = False) -> None:
+        """Say ``CLARA_APOLOGY`` (in the bundled clip when the TTS itself failed), or write
+        it in a session without audio output."""
+        if self._closed:
+            return
         session = self.agent_session
         output = session.output
         try:

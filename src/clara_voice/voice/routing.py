@@ -27,6 +27,8 @@ from livekit.agents.utils import aio
 
 from clara_voice._ratelimit import RateLimits
 from clara_voice.logging import ContextLogger
+from clara_voice.voice.notices import Notices, RefusalLog
+from clara_voice.voice.streams import StreamDispatch, StreamTooLarge
 
 if TYPE_CHECKING:
     from livekit.agents import AgentSession
@@ -40,8 +42,6 @@ CHAT_BURST, CHAT_PER_SECOND = 5.0, 0.5
 """Chat messages per sender: 5 at once, then one every 2 s (each costs an LLM and a TTS call)."""
 PTT_BURST, PTT_PER_SECOND = 10.0, 2.0
 """Push-to-talk calls per caller: 10 at once, then 2 a second (a turn takes two)."""
-NOTICE_TOPIC = "clara.notice"
-"""Data topic of the notices the agent sends a participant about its own input."""
 CHAT_RATE_MESSAGE = "Too many messages; wait a moment before sending more."
 CHAT_TOO_LONG_MESSAGE = f"That message is too long (the limit is {MAX_CHAT_TEXT} characters)."
 
@@ -54,9 +54,9 @@ class PushToTalk:
     without a push-to-talk session (yet) gets a coded ``no_session`` refusal.
     """
 
-    def __init__(self, local_participant: Any, log: ContextLogger) -> None:
+    def __init__(self, local_participant: Any, refusals: RefusalLog) -> None:
         self._local = local_participant
-        self._log = log
+        self._refusals = refusals
         self._sessions: dict[str, AgentSession[Any]] = {}
         self._limits = RateLimits(capacity=PTT_BURST, rate=PTT_PER_SECOND)
         self._registered = False
@@ -96,9 +96,10 @@ class PushToTalk:
         if agent_session is None:
             raise _refusal("no_session", "no push-to-talk session for this participant")
         if not self._limits.admit(data.caller_identity):
-            self._log.warning(
+            self._refusals.refused(
                 "push-to-talk call refused: too many",
-                extra={"participant": data.caller_identity[:128], "method": method},
+                participant=data.caller_identity,
+                method=method[:64],
             )
             raise _refusal("rate_limited", "too many push-to-talk calls, try again in a moment")
         self.calls[method] = self.calls.get(method, 0) + 1
@@ -139,50 +140,60 @@ class ChatRouter:
     """Routes the room's chat text streams (topic ``lk.chat``) to the sender's pipeline.
 
     livekit's room input registers one chat handler per room, so with several participants
-    only the first one's text would be heard; this router registers once and dispatches by
-    the sender's identity instead. A message is read only up to ``MAX_CHAT_TEXT``
-    characters, and each sender has a rate limit; a refused message is answered with a
-    ``clara.notice`` data packet to its sender (see docs/client-protocol.md).
+    only the first one's text would be heard; here each sender's handler is registered
+    with the room's :class:`~clara_voice.voice.streams.StreamDispatch` instead (which closes
+    the streams of senders without a session). A message is read only up to
+    ``MAX_CHAT_TEXT`` characters, and each sender has a rate limit; a refused message is
+    closed unread and answered with a ``clara.notice`` to its sender (see
+    docs/client-protocol.md).
     """
 
-    def __init__(self, room: Any, log: ContextLogger) -> None:
-        self._room = room
+    def __init__(self, streams: StreamDispatch, notices: Notices, log: ContextLogger) -> None:
+        self._streams = streams
+        self._notices = notices
         self._log = log
         self._handlers: dict[str, TextHandler] = {}
         self._limits = RateLimits(capacity=CHAT_BURST, rate=CHAT_PER_SECOND)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._registered = False
 
     def add(self, identity: str, handler: TextHandler) -> None:
-        if not self._registered:
-            self._room.register_text_stream_handler(TOPIC_CHAT, self._on_stream)
-            self._registered = True
+        if identity in self._handlers:
+            self._streams.remove("text", TOPIC_CHAT, identity)
         self._handlers[identity] = handler
+        # the chat's own budget answers a flood with notices: no second one in the dispatch
+        self._streams.add(
+            "text",
+            TOPIC_CHAT,
+            identity,
+            self._on_stream,
+            max_bytes=MAX_CHAT_TEXT * 4,
+            rate_limited=False,
+        )
 
     def remove(self, identity: str, handler: TextHandler) -> None:
         if self._handlers.get(identity) == handler:
             del self._handlers[identity]
+            self._streams.remove("text", TOPIC_CHAT, identity)
 
     async def aclose(self) -> None:
-        """Unregister and stop reading; safe to call twice."""
+        """Stop routing and reading; safe to call twice."""
+        for identity in list(self._handlers):
+            self._streams.remove("text", TOPIC_CHAT, identity)
         self._handlers.clear()
-        if self._registered:
-            self._registered = False
-            self._room.unregister_text_stream_handler(TOPIC_CHAT)
         await aio.cancel_and_wait(*self._tasks)
 
     def _on_stream(self, reader: rtc.TextStreamReader, participant_identity: str) -> None:
         handler = self._handlers.get(participant_identity)
-        if handler is None:
-            self._log.debug(
-                "chat text from a participant without a session ignored",
-                extra={"participant": participant_identity[:128]},
-            )
+        if handler is None:  # removed meanwhile
+            reader.close()
             return
         if not self._limits.admit(participant_identity):
+            reader.close()
             self._refuse(participant_identity, "rate_limited", CHAT_RATE_MESSAGE)
             return
-        self._spawn(self._read(reader, handler, participant_identity))
+        task = asyncio.create_task(self._read(reader, handler, participant_identity))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _read(self, reader: rtc.TextStreamReader, handler: TextHandler, who: str) -> None:
         try:
@@ -192,36 +203,27 @@ class ChatRouter:
                 return
             if text.strip():
                 await handler(text)
+        except StreamTooLarge:
+            self._refuse(who, "too_long", CHAT_TOO_LONG_MESSAGE)
+        except rtc.StreamError as exc:  # the sender aborted it, or left
+            self._log.info(
+                "chat text ended early", extra={"participant": who[:128], "error": str(exc)[:200]}
+            )
         except Exception as exc:
             self._log.warning(
                 "failed to handle chat text", extra={"participant": who[:128]}, exc_info=exc
             )
+        finally:
+            reader.close()
 
     def _refuse(self, who: str, code: str, message: str) -> None:
-        self._log.warning("chat text refused", extra={"participant": who[:128], "error": code})
-        notice = {"v": 1, "type": "refused", "input": TOPIC_CHAT, "error": code, "message": message}
-        payload = json.dumps(notice, separators=(",", ":"))
-        self._spawn(self._notify(who, payload))
-
-    async def _notify(self, who: str, payload: str) -> None:
-        try:
-            await self._room.local_participant.publish_data(
-                payload, reliable=True, destination_identities=[who], topic=NOTICE_TOPIC
-            )
-        except Exception as exc:
-            self._log.warning(
-                "could not send a notice", extra={"participant": who[:128]}, exc_info=exc
-            )
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._notices.refusals.refused("chat text refused", participant=who, error=code)
+        self._notices.refuse(who, input=TOPIC_CHAT, error=code, message=message)
 
 
 async def read_bounded(reader: rtc.TextStreamReader, limit: int) -> str | None:
     """The stream's text, or ``None`` as soon as it is known to be over ``limit``
-    characters (the rest is not read)."""
+    characters (the rest is not read: the caller closes the reader)."""
     declared = reader.info.size
     if declared is not None and declared > limit * 4:  # the size is in bytes; UTF-8 ≤ 4 each
         return None

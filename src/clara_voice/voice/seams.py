@@ -18,6 +18,7 @@ from livekit import rtc
 from clara_voice.logging import ContextLogger
 from clara_voice.states import SessionType
 from clara_voice.voice.messages import HistoryMessage, TurnMetrics
+from clara_voice.voice.surface import RoomSurface
 from clara_voice.voice.turns import EffectiveConfig
 
 
@@ -64,6 +65,10 @@ class VoicePipeline(Protocol):
         """What the pipeline actually does now (compare with ``turns.expected_effective``)."""
         ...
 
+    def apologize(self) -> None:
+        """Say (or, without audio, write) ``CLARA_APOLOGY`` to the participant now."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -77,15 +82,17 @@ class PipelineFactory(Protocol):
     async def start(
         self,
         *,
-        room: rtc.Room,
+        surface: RoomSurface,
         participant: rtc.RemoteParticipant,
         session_type: SessionType,
         history: Sequence[HistoryMessage],
         events: PipelineEvents,
         log: ContextLogger,
     ) -> VoicePipeline:
-        """``participant``'s pipeline in ``session_type``, continuing from ``history`` (the
-        conversation's earlier messages), reporting to ``events`` and logging to ``log``."""
+        """``participant``'s pipeline in ``session_type``, continuing from ``history`` (its
+        own earlier messages of the conversation), in the room of ``surface`` (whose single
+        owners it shares with the room's other pipelines), reporting to ``events`` and
+        logging to ``log``."""
         ...
 
     async def aclose(self) -> None: ...
