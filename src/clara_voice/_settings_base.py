@@ -120,10 +120,11 @@ class ServiceSettings(BaseSettings):
         default=0.5,
         description="Event-loop lag in seconds that makes an agent's health check fail.",
     )
-    unhealthy_outbox_pending: int = Field(
+    outbox_backlog_warning: int = Field(
         default=10_000,
         ge=1,
-        description="Undelivered outbox records that make an agent's health check fail.",
+        description="Undelivered outbox records past which an agent's health check warns "
+        "(reported only: a backlog never makes the worker refuse rooms).",
     )
     sync_interval: PositiveSeconds = Field(
         default=5.0,

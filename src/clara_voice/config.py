@@ -9,6 +9,7 @@ per bad variable (see :func:`load_settings`), never a traceback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,9 @@ DEFAULT_INSTRUCTIONS = (
     "answer in one to three short sentences of plain conversational text, with no "
     "markdown, lists, emoji or code. If you did not understand, ask the user to repeat."
 )
+_ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^\[?[0-9A-Fa-f:.]+\]?$")
+
 DEFAULT_APOLOGY = "Sorry, something went wrong on my side. Could you say that again?"
 
 
@@ -83,14 +87,24 @@ class Settings(ServiceSettings):
     outbox_max_attempts: int = Field(
         default=10,
         ge=1,
-        description="Attempts at a record failing with an unexpected error (not the backend's "
-        "answer) before it is dead-lettered.",
+        description="Failed attempts after which a record is dead-lettered, if the backend "
+        "takes the records after it (a backend down for all keeps them all).",
+    )
+    outbox_max_age: PositiveSeconds = Field(
+        default=900.0,
+        description="Seconds a record may keep failing before it is dead-lettered, if the "
+        "backend takes the records after it.",
     )
     outbox_max_bytes: int = Field(
         default=256 << 20,
         ge=1 << 20,
         description="Bytes of undelivered records kept; when full, new ones are refused "
         "(loudly), the oldest kept.",
+    )
+    outbox_max_dead_letters: int = Field(
+        default=10_000,
+        ge=1,
+        description="Dead letters kept per outbox; past it the oldest are dropped (loudly).",
     )
 
     # -- conversation -----------------------------------------------------------------------
@@ -231,6 +245,15 @@ class Settings(ServiceSettings):
     web_dist: Path = Field(
         default=Path("./web/dist"), description="The built page (`make web` builds it)."
     )
+    web_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names the page answers to besides its address and "
+        "`localhost` (e.g. `clara.example.com` behind a proxy); any other `Host` gets 403.",
+    )
+    web_room: str | None = Field(
+        default=None,
+        description="The one room the page's tokens are for (default: the room the person types).",
+    )
 
     @field_validator(
         "livekit_url",
@@ -249,11 +272,38 @@ class Settings(ServiceSettings):
         return _urls.check_http_url(value, credentials=ENV_PREFIX + secret)
 
     @field_validator(
-        "prometheus_port", "num_idle_processes", "load_threshold", "web_livekit_url", mode="before"
+        "prometheus_port",
+        "num_idle_processes",
+        "load_threshold",
+        "web_livekit_url",
+        "web_room",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("web_room")
+    @classmethod
+    def _check_room(cls, value: str | None) -> str | None:
+        if value is not None and not _ROOM_NAME.match(value):
+            raise ValueError("must be 1-128 letters, digits or . _ : @ - (not first)")
+        return value
+
+    @field_validator("web_allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: str) -> str:
+        for host in filter(None, (h.strip() for h in value.split(","))):
+            if not _HOST_NAME.match(host):
+                raise ValueError(f"{host!r} is not a host name (no scheme, port or path)")
+        return value
+
+    @property
+    def web_hosts(self) -> frozenset[str]:
+        """The host names the page answers to (lowercase, no port)."""
+        named = (h.strip().lower() for h in self.web_allowed_hosts.split(","))
+        own = {self.web_host.lower().strip("[]"), "localhost", "127.0.0.1", "::1"}
+        return frozenset({*own, *filter(None, named)} - {"0.0.0.0", "::"})
 
     @field_validator("livekit_api_secret")
     @classmethod

@@ -333,7 +333,8 @@ async def test_transient_failures_are_retryable(
         (400, False),
         (401, True),  # credentials an operator fixes: the record waits in the outbox
         (403, True),
-        (404, False),
+        (404, True),  # a wrong CLARA_BACKEND_URL, which an operator fixes
+        (405, True),
         (413, False),
         (422, False),
         (302, False),

@@ -100,6 +100,13 @@ def fast(directory: Path, backend: Backend, **options: Any) -> Outbox:
     return Outbox(directory, backend, retry_base=FAST_RETRY, retry_max=4 * FAST_RETRY, **options)
 
 
+def in_order_but_the_head(stored: list[str], keys: list[str]) -> bool:
+    """Every key once, in order, but that the head may come right after the record behind
+    it: a stuck head is tried again after its successor when the backend comes back
+    (persistence/_outbox_writer.py), and the backend may answer both."""
+    return stored == keys or stored == [keys[1], keys[0], *keys[2:]]
+
+
 def outbox_files(directory: Path) -> list[Path]:
     return sorted((directory / "outbox").glob("*.db"))
 
@@ -192,8 +199,11 @@ async def test_a_long_outage_loses_nothing_and_keeps_the_order(
         backend.mode = "ok"
         await drained(outbox)
 
-        assert backend.stored == [turn("s1", i).key for i in range(40)]
-        assert outbox.stats.retries >= 30
+        assert outbox.stats.dead_lettered == 0  # an outage is nobody's record's fault
+        assert in_order_but_the_head(backend.stored, [turn("s1", i).key for i in range(40)])
+        # past CLARA_OUTBOX_MAX_ATTEMPTS, every other call is a try of the record behind the
+        # head (was the head the problem?), which fails too: the backend is down for all
+        assert outbox.stats.retries >= 20
         assert outbox.stats.backend_up
 
     messages = [r.getMessage() for r in caplog.records]

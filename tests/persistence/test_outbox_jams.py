@@ -13,8 +13,17 @@ from pathlib import Path
 import pytest
 
 from clara_voice.persistence.base import BackendError, OutboxRecord
+from clara_voice.persistence.http import HttpBackend
 from clara_voice.persistence.outbox import OutboxError
-from tests.persistence.test_outbox import FakeBackend, drained, fast, rows, turn
+from testkit.loopback_backend import LoopbackBackend
+from tests.persistence.test_outbox import (
+    FakeBackend,
+    drained,
+    fast,
+    in_order_but_the_head,
+    rows,
+    turn,
+)
 
 CRITICAL = logging.CRITICAL
 
@@ -71,7 +80,8 @@ async def test_an_unexpected_error_dead_letters_the_record_and_the_rest_flows(
         assert outbox.stats.pending_bytes == 0
 
     assert backend.stored == ["turn:s1:0", "turn:s1:2", "turn:s1:3"]
-    assert backend.attempts["turn:s1:1"] == 4
+    # four attempts, then one more once the record behind it went through
+    assert backend.attempts["turn:s1:1"] == 5
     [line] = criticals(caplog)
     assert "dead letters" in line and "outbox replay" in line
     record = next(r for r in caplog.records if r.levelno == CRITICAL)
@@ -111,7 +121,8 @@ async def test_refused_credentials_are_said_once_critically_and_the_records_wait
 
         backend.token_fixed = True
         await drained(outbox)
-    assert backend.stored == [turn("s1", i).key for i in range(3)]
+        assert outbox.stats.dead_lettered == 0
+    assert in_order_but_the_head(backend.stored, [turn("s1", i).key for i in range(3)])
     assert len(criticals(caplog)) == 1
 
 
@@ -157,3 +168,106 @@ async def test_a_full_outbox_counts_records_still_being_committed(data: Path) ->
         assert refused and len(refused) < 15
         assert all(r is None for r in results[: 15 - len(refused)])
         assert outbox.stats.pending_bytes <= 1 << 20
+
+
+class FlakyBackend(FakeBackend):
+    """Fails the keys in ``failing`` with ``error`` (a retryable one unless told), whatever
+    it does with the others."""
+
+    def __init__(self, failing: set[str], error: Exception | None = None) -> None:
+        super().__init__()
+        self.failing = failing
+        self.error = error or BackendError("503 service unavailable", retryable=True, status=503)
+
+    async def deliver(self, record: OutboxRecord) -> None:
+        if record.key in self.failing:
+            self.calls += 1
+            async with self._changed:
+                self._changed.notify_all()
+            raise self.error
+        await super().deliver(record)
+
+
+async def test_a_record_failing_with_a_retryable_error_cannot_hold_up_the_rest(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (issue 16, item 6): a record the backend failed with a 5xx every time was
+    retried forever, and every record behind it waited."""
+    caplog.set_level(logging.INFO, logger="clara_voice.persistence")
+    backend = FlakyBackend({"turn:s1:0"})
+    async with fast(data, backend, max_attempts=3) as outbox:
+        for i in range(4):
+            await outbox.put(turn("s1", i))
+        await drained(outbox)
+        assert outbox.path is not None
+        assert rows(outbox.path, "dead_letters") == ["turn:s1:0"]
+    assert backend.stored == ["turn:s1:1", "turn:s1:2", "turn:s1:3"]
+    [line] = criticals(caplog)
+    assert "took the ones after it" in line
+
+
+async def test_a_record_failing_for_longer_than_its_age_bound_is_moved_aside(data: Path) -> None:
+    """A record whose attempts each take long (timeouts) is moved aside by age, long before
+    CLARA_OUTBOX_MAX_ATTEMPTS of them."""
+    backend = FlakyBackend({"turn:s1:0"}, TimeoutError())
+    async with fast(data, backend, max_attempts=1000, max_age=0.2) as outbox:
+        for i in range(3):
+            await outbox.put(turn("s1", i))
+        await drained(outbox)
+        assert outbox.stats.dead_lettered == 1
+    assert backend.stored == ["turn:s1:1", "turn:s1:2"]
+
+
+async def test_a_stuck_record_of_an_adopted_file_cannot_hold_up_the_adopters_own(
+    data: Path,
+) -> None:
+    """The same rule after adoption: the stuck record is alone in the file of an ended
+    process, and the records behind it are the adopting process's own."""
+    async with fast(data, FakeBackend(mode="down"), flush_timeout=0.05) as first:
+        await first.put(turn("old", 0))  # left behind when it closes
+    backend = FlakyBackend({"turn:old:0"})
+    async with fast(data, backend, max_attempts=2) as outbox:
+        assert outbox.stats.adopted_files == 1
+        await outbox.put(turn("new", 0))
+        await drained(outbox)
+        assert outbox.path is not None
+        assert rows(outbox.path, "dead_letters") == ["turn:old:0"]
+    assert backend.stored == ["turn:new:0"]
+
+
+async def test_dead_letters_are_bounded_and_the_oldest_go_first(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (issue 16, item 6): dead letters grew without bound on disk."""
+    caplog.set_level(logging.INFO, logger="clara_voice.persistence")
+    backend = FakeBackend()
+    backend.refused = {turn("s1", i).key for i in range(5)}
+    async with fast(data, backend, max_dead_letters=3) as outbox:
+        for i in range(6):
+            await outbox.put(turn("s1", i))
+        await drained(outbox)
+        assert outbox.path is not None
+        assert rows(outbox.path, "dead_letters") == [turn("s1", i).key for i in (2, 3, 4)]
+        assert outbox.stats.dead_letters_dropped == 2
+    assert backend.stored == ["turn:s1:5"]
+    [line] = criticals(caplog)  # once, not once per record dropped
+    assert "CLARA_OUTBOX_MAX_DEAD_LETTERS" in line
+
+
+async def test_a_wrong_backend_url_is_said_once_and_the_records_wait(
+    data: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (issue 16, item 6): a 404 from the backend's endpoints (a wrong
+    CLARA_BACKEND_URL) dead-lettered every record, one warning each."""
+    caplog.set_level(logging.INFO, logger="clara_voice.persistence")
+    async with LoopbackBackend() as server:
+        wrong = HttpBackend(server.base_url + "/v2", token=None)
+        async with fast(data, wrong, max_attempts=2) as outbox:
+            for i in range(3):
+                await outbox.put(turn("s1", i))
+            await server.wait_for(lambda: len(server.requests) >= 12, timeout=5)
+            assert outbox.stats.dead_lettered == 0
+            assert outbox.pending_count() == 3
+        await wrong.aclose()
+    [line] = criticals(caplog)
+    assert "CLARA_BACKEND_URL" in line

@@ -95,6 +95,7 @@ class ClaraVoiceAgent:
             self.metrics,
             settings,
             outbox_pending=self.conversation.outbox_pending,
+            figures=lambda: {"open_streams": self.surface.streams.open_readers()},
             count_error=self.count_error,
             log=log,
         )

@@ -7,10 +7,13 @@ the agent's gauges (:mod:`clara_voice.telemetry`) and log one summary line,
 ``Health check - Sessions: X, Errors: Y, Memory: Z MB``.
 
 The agent is unhealthy when its event loop stalled (some synchronous work held the loop, so
-audio stuttered and turns stalled) for more than ``unhealthy_loop_lag``, or when its outbox
-holds more than ``unhealthy_outbox_pending`` undelivered records (the backend has been down
-for long). The stalls are livekit's own measure: the loop monitor it runs in every job
-process (:mod:`clara_voice.agent._livekit_loop`), the worst since the previous round. An
+audio stuttered and turns stalled) for more than ``unhealthy_loop_lag``. An outbox holding
+more than ``outbox_backlog_warning`` undelivered records (the backend has been down for
+long) is reported (a warning in the round's line, the ``clara_outbox_pending`` gauge), never
+turned into load: a persistence backlog must not make the worker refuse new rooms, and the
+outbox keeps the records. The stalls are livekit's own measure: the loop monitor it runs in
+every job process (:mod:`clara_voice.agent._livekit_loop`), the worst since the previous
+round. An
 unhealthy agent sets ``clara_agent_unhealthy``, which the worker process reads: while any
 agent is unhealthy the worker takes no new jobs (its health endpoint, a liveness probe,
 is not affected: restarting it would drop every live call).
@@ -28,7 +31,7 @@ import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -36,6 +39,7 @@ from livekit.agents.utils import aio
 
 from clara_voice import telemetry
 from clara_voice._lifecycle import AsyncService
+from clara_voice.agent._livekit_ffi import ffi_subscriptions
 from clara_voice.agent._livekit_loop import LoopStalls
 from clara_voice.agent.metrics import PerformanceMetrics
 from clara_voice.config import Settings
@@ -88,6 +92,10 @@ class HealthReport:
     stuck_sessions: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
     """Why the agent is unhealthy (empty when healthy)."""
+    warnings: tuple[str, ...] = ()
+    """What is wrong without making the agent unhealthy (a persistence backlog)."""
+    figures: Mapping[str, int | None] = field(default_factory=dict)
+    """What else the agent counts (open streams, FFI subscriptions, tasks): a leak shows."""
 
     @property
     def healthy(self) -> bool:
@@ -111,17 +119,19 @@ class HealthMonitor(AsyncService):
         settings: Settings,
         *,
         outbox_pending: Callable[[], int | None] = lambda: None,
+        figures: Callable[[], Mapping[str, int | None]] = dict,
         count_error: Callable[[ErrorSource], None] = lambda source: None,
         log: ContextLogger | None = None,
     ) -> None:
         self._sessions = sessions
         self._metrics = metrics
         self._outbox_pending = outbox_pending
+        self._figures = figures
         self._count_error = count_error
         self._interval = settings.health_check_interval
         self._stuck_after = settings.stuck_session_threshold
         self._max_lag = settings.unhealthy_loop_lag
-        self._max_pending = settings.unhealthy_outbox_pending
+        self._backlog_warning = settings.outbox_backlog_warning
         self._log = log or get_logger("clara_voice.health")
         self._gauges = telemetry.AgentGauges()
         self._stalls: LoopStalls | None = None
@@ -182,8 +192,9 @@ class HealthMonitor(AsyncService):
         reasons: list[str] = []
         if lag is not None and lag > self._max_lag:
             reasons.append(f"event loop lag {lag * 1000:.0f} ms > {self._max_lag * 1000:.0f} ms")
-        if pending is not None and pending > self._max_pending:
-            reasons.append(f"outbox pending {pending} > {self._max_pending}")
+        warnings: list[str] = []
+        if pending is not None and pending > self._backlog_warning:
+            warnings.append(f"outbox pending {pending} > {self._backlog_warning}")
         report = HealthReport(
             at=datetime.now(UTC),
             sessions=len(self._sessions.sessions),
@@ -194,6 +205,12 @@ class HealthMonitor(AsyncService):
             outbox_pending=pending,
             stuck_sessions=stuck,
             reasons=tuple(reasons),
+            warnings=tuple(warnings),
+            figures={
+                "tasks": len(asyncio.all_tasks()),
+                "ffi_subscriptions": ffi_subscriptions(),
+                **self._figures(),
+            },
         )
         if not self._closed:  # a closed agent's share is out of the gauges for good
             self._export(report)
@@ -259,10 +276,13 @@ class HealthMonitor(AsyncService):
             "healthy": report.healthy,
             "loop_lag_ms": None if report.loop_lag is None else round(report.loop_lag * 1000, 1),
             "outbox_pending": report.outbox_pending,
+            **report.figures,
         }
         if report.reasons:
             extra["reasons"] = list(report.reasons)
-        level = logging.INFO if report.healthy else logging.WARNING
+        if report.warnings:
+            extra["warnings"] = list(report.warnings)
+        level = logging.INFO if report.healthy and not report.warnings else logging.WARNING
         self._log.log(level, report.summary, extra=extra)
 
 

@@ -49,7 +49,9 @@ class ConversationRecorder:
         retry_max: float,
         on_error: Callable[[], None],
         max_attempts: int = 10,
+        max_age: float | None = 900.0,
         max_bytes: int = 256 << 20,
+        max_dead_letters: int = 10_000,
     ) -> None:
         self._backend = backend
         self._outbox = Outbox(
@@ -58,7 +60,9 @@ class ConversationRecorder:
             flush_timeout=flush_timeout,
             retry_max=retry_max,
             max_attempts=max_attempts,
+            max_age=max_age,
             max_bytes=max_bytes,
+            max_dead_letters=max_dead_letters,
         )
         self._log = log
         self._on_error = on_error
@@ -84,7 +88,9 @@ class ConversationRecorder:
             flush_timeout=settings.outbox_flush_timeout,
             retry_max=settings.outbox_retry_max,
             max_attempts=settings.outbox_max_attempts,
+            max_age=settings.outbox_max_age,
             max_bytes=settings.outbox_max_bytes,
+            max_dead_letters=settings.outbox_max_dead_letters,
             on_error=on_error,
         )
 

@@ -32,6 +32,7 @@ import os
 import sqlite3
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from clara_voice.persistence._outbox_schema import (
@@ -81,18 +82,32 @@ class _Adoption:
 
 
 @dataclass(frozen=True)
+class _Pending:
+    """One record waiting in a file, as the writer delivers it."""
+
+    file: _File
+    seq: int
+    record: OutboxRecord
+    size: int
+    """Its payload's bytes."""
+    created: float
+    """When it was committed (seconds since the epoch)."""
+
+
+@dataclass(frozen=True)
 class _Page:
     file: _File | None
-    rows: list[tuple[int, OutboxRecord, int]] = field(default_factory=list)
-    """(seq, record, payload bytes) in delivery order."""
+    rows: list[_Pending] = field(default_factory=list)
+    """In delivery order."""
     retired: list[str] = field(default_factory=list)
 
 
 class _Store:
     """The outbox's SQLite files: its own and the adopted ones. Used only on its thread."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, max_dead_letters: int = 10_000) -> None:
         self.directory = directory
+        self.max_dead_letters = max_dead_letters
         self.own: _File | None = None
         self.adopted: list[_File] = []  # delivered before our own, oldest first
         self._unreadable: set[str] = set()  # orphans that failed to open: left for a human
@@ -240,26 +255,34 @@ class _Store:
         retired: list[str] = []
         for file in [*self.adopted, self.own]:
             rows = file.conn.execute(
-                "SELECT seq, key, kind, payload FROM records ORDER BY seq LIMIT ?", (_PAGE,)
+                "SELECT seq, key, kind, payload, created_at FROM records ORDER BY seq LIMIT ?",
+                (_PAGE,),
             ).fetchall()
             if rows:
-                records = [
-                    (
-                        seq,
-                        OutboxRecord(key=key, kind=kind, payload=json.loads(payload)),
-                        len(payload.encode()),
-                    )
-                    for seq, key, kind, payload in rows
-                ]
-                return _Page(file, records, retired)
+                return _Page(file, [_pending(file, *row) for row in rows], retired)
             if not file.own:
                 self.adopted.remove(file)
                 self._retire(file)
                 retired.append(file.name)
         return _Page(None, [], retired)
 
-    def dead_letter(self, file: _File, seq: int, key: str, error: str) -> None:
-        """Move one record to the dead letters of this instance's own file."""
+    def after(self, file: _File, seq: int) -> _Pending | None:
+        """The first record to deliver after ``file``'s ``seq``: in that file, or the next."""
+        assert self.own is not None
+        files = [*self.adopted, self.own]
+        for later in files[files.index(file) :] if file in files else []:
+            row = later.conn.execute(
+                "SELECT seq, key, kind, payload, created_at FROM records WHERE seq > ?"
+                " ORDER BY seq LIMIT 1",
+                (seq if later is file else -1,),
+            ).fetchone()
+            if row is not None:
+                return _pending(later, *row)
+        return None
+
+    def dead_letter(self, file: _File, seq: int, key: str, error: str) -> int:
+        """Move one record to the dead letters of this instance's own file; how many of the
+        oldest dead letters were dropped to keep them within ``max_dead_letters``."""
         assert self.own is not None
         own = self.own.conn
         row = file.conn.execute(
@@ -267,7 +290,7 @@ class _Store:
             (seq, key),
         ).fetchone()
         if row is None:
-            return
+            return 0
         with transaction(own):
             own.execute(
                 "INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?)",
@@ -275,9 +298,15 @@ class _Store:
             )
             if file.own:
                 own.execute("DELETE FROM records WHERE seq = ? AND key = ?", (seq, key))
+            dropped = own.execute(
+                "DELETE FROM dead_letters WHERE rowid IN (SELECT rowid FROM dead_letters"
+                " ORDER BY failed_at DESC, rowid DESC LIMIT -1 OFFSET ?)",
+                (self.max_dead_letters,),
+            ).rowcount
         if not file.own:  # a crash in between leaves it in both: it is refused again, no loss
             with transaction(file.conn):
                 file.conn.execute("DELETE FROM records WHERE seq = ? AND key = ?", (seq, key))
+        return max(dropped, 0)
 
     def close(self, delivered: list[tuple[_File, int, str]]) -> int:
         """Release every file (deleting our own when empty); returns the records left."""
@@ -331,6 +360,15 @@ class _Store:
             file.conn.close()  # the last connection checkpoints the WAL into the file
         finally:
             os.close(file.lock_fd)
+
+
+def _pending(file: _File, seq: int, key: str, kind: str, payload: str, created: str) -> _Pending:
+    try:
+        at = datetime.fromisoformat(created).timestamp()
+    except ValueError:
+        at = 0.0  # unknown: as old as can be
+    record = OutboxRecord(key=key, kind=kind, payload=json.loads(payload))  # type: ignore[arg-type]
+    return _Pending(file, seq, record, len(payload.encode()), at)
 
 
 def encode_record(record: OutboxRecord) -> _Row:

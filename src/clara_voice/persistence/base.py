@@ -49,6 +49,11 @@ class BackendError(Exception):
     def credentials_refused(self) -> bool:
         return self.status in (401, 403)
 
+    @property
+    def misconfigured(self) -> bool:
+        """The backend has no such endpoint (404, 405): its URL is wrong, not the record."""
+        return self.status in (404, 405)
+
 
 class OutboxError(Exception):
     """The outbox could not take a record (closed, not JSON, the local file failed)."""

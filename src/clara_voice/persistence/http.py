@@ -43,8 +43,9 @@ RECORD_PATHS: dict[RecordKind, str] = {
 """Where each outbox record kind is POSTed, relative to the base URL."""
 
 # plus every 5xx; 401/403 are a credentials problem an operator fixes (CLARA_BACKEND_TOKEN),
-# after which the same record succeeds, so they wait in the outbox instead of dead-lettering
-_RETRYABLE_STATUSES = frozenset({401, 403, 408, 429})
+# and 404/405 a wrong URL (CLARA_BACKEND_URL), after which the same record succeeds, so
+# they wait in the outbox instead of dead-lettering
+_RETRYABLE_STATUSES = frozenset({401, 403, 404, 405, 408, 429})
 _EXCERPT_CHARS = 200
 _REDACTED = "[redacted]"
 MAX_RESPONSE_BYTES = 1 << 20

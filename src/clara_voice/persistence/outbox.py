@@ -66,7 +66,9 @@ class Outbox(AsyncService):
 
     ``directory`` is the data directory (the files go to ``directory/outbox/``). A failing
     delivery is retried after ``retry_base`` seconds, doubling up to ``retry_max`` (with
-    jitter); ``deliver_timeout`` bounds one attempt; :meth:`aclose` gives the writer
+    jitter); ``deliver_timeout`` bounds one attempt; a record failing ``max_attempts``
+    times, or for longer than ``max_age`` seconds, is dead-lettered once the backend takes
+    the records after it (at most ``max_dead_letters`` are kept); :meth:`aclose` gives the writer
     ``flush_timeout`` seconds to deliver what is left. ``sweep_interval`` (``None``: only at
     start) is how often an idle outbox looks for files of dead processes. The outbox does
     not close ``backend``.
@@ -82,7 +84,9 @@ class Outbox(AsyncService):
         flush_timeout: float = 5.0,
         deliver_timeout: float = 30.0,
         max_attempts: int = 10,
+        max_age: float | None = 900.0,
         max_bytes: int = 256 << 20,
+        max_dead_letters: int = 10_000,
         sweep_interval: float | None = 60.0,
         log_context: Mapping[str, Any] | None = None,
     ) -> None:
@@ -96,7 +100,9 @@ class Outbox(AsyncService):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if not (math.isfinite(flush_timeout) and flush_timeout >= 0):
             raise ValueError(f"flush_timeout must be >= 0 seconds, got {flush_timeout!r}")
-        self._store = _Store(Path(directory).absolute() / OUTBOX_DIRNAME)
+        self._store = _Store(
+            Path(directory).absolute() / OUTBOX_DIRNAME, max_dead_letters=max_dead_letters
+        )
         self._backend = backend
         self._retry_base = retry_base
         self._retry_max = max(retry_max, retry_base)
@@ -125,6 +131,7 @@ class Outbox(AsyncService):
             retry_max=self._retry_max,
             deliver_timeout=deliver_timeout,
             max_attempts=max_attempts,
+            max_age=max_age,
             sweep_interval=sweep_interval,
             on_empty=self._update_drained,
             on_adopted=self._adopted,
