@@ -367,14 +367,17 @@ class ClaraPage:
     def _on_console(self, message: ConsoleMessage) -> None:
         self.console.append(f"{message.type}: {message.text}"[:500])
 
-    async def start(self, *, room: str, identity: str, session_type: str) -> None:
+    async def start(self, *, room: str, name: str, session_type: str) -> str:
         """Fill in the form, click Start Session (a real click: the page's audio starts
-        from it) and wait until the page shows "Connected"."""
+        from it) and wait until the page shows "Connected"; the identity the page's token
+        endpoint gave it."""
         await self.page.fill("#room", room)
-        await self.page.fill("#identity", identity)
+        await self.page.fill("#name", name)
         await self.page.select_option("#session-type", session_type)
         await self.page.click("#start-session")
         await self.wait_for("d.status === 'connected'", '"Connected"')
+        identity: str = (await self.debug())["identity"]
+        return identity
 
     async def debug(self) -> dict[str, Any]:
         """A copy of ``window.claraDebug``: the page's state as it shows it now."""

@@ -1,8 +1,10 @@
 """Participant tokens: what a client (the smoke-test CLI, the web page) joins a room with.
 
-A token lets one identity join one room, publish its microphone and data, and subscribe;
-it can carry the session type the participant asks for as its ``clara.session_type``
-attribute, which the agent reads when the participant joins.
+A token lets one identity join one room with only what a person talking to Clara needs:
+publish its microphone (no camera, no screen) and data, subscribe; no room admin, no
+recording, no changing its own name, metadata or attributes. It can carry the session type
+the participant asks for as its ``clara.session_type`` attribute, which the agent reads
+when the participant joins, and a display name.
 """
 
 from __future__ import annotations
@@ -13,6 +15,28 @@ from livekit import api
 
 from clara_voice.states import SESSION_TYPE_ATTRIBUTE, SessionType
 
+PUBLISH_SOURCES = ["microphone"]
+"""The only track source a participant's token lets it publish."""
+
+
+def participant_grants(room: str) -> api.VideoGrants:
+    """What a person talking to Clara may do in ``room``, and nothing more."""
+    return api.VideoGrants(
+        room_join=True,
+        room=room,
+        can_publish=True,
+        can_publish_sources=list(PUBLISH_SOURCES),
+        can_publish_data=True,
+        can_subscribe=True,
+        can_update_own_metadata=False,
+        room_admin=False,
+        room_record=False,
+        room_create=False,
+        room_list=False,
+        hidden=False,
+        agent=False,
+    )
+
 
 def mint_token(
     *,
@@ -20,15 +44,17 @@ def mint_token(
     api_secret: str,
     room: str,
     identity: str,
+    name: str | None = None,
     session_type: SessionType | None = None,
     ttl: timedelta = timedelta(hours=1),
 ) -> str:
-    """A participant token for ``room``, asking for ``session_type`` if given."""
+    """A participant token for ``identity`` in ``room`` (shown as ``name``), asking for
+    ``session_type`` if given."""
     token = (
         api.AccessToken(api_key, api_secret)
         .with_identity(identity)
-        .with_name(identity)
-        .with_grants(api.VideoGrants(room_join=True, room=room))
+        .with_name(name or identity)
+        .with_grants(participant_grants(room))
         .with_ttl(ttl)
     )
     if session_type is not None:
@@ -36,4 +62,4 @@ def mint_token(
     return token.to_jwt()
 
 
-__all__ = ["mint_token"]
+__all__ = ["PUBLISH_SOURCES", "mint_token", "participant_grants"]

@@ -1,13 +1,19 @@
 """``python -m clara_voice web``: the web page to talk to Clara, and its token endpoint.
 
 Serves the built page (``CLARA_WEB_DIST``, built from ``web/`` by ``make web``) and
-``POST /api/token``: ``{"room", "identity", "session_type"}`` → ``{"url", "token", "room",
-"identity"}``, a join token minted with the configured LiveKit keys (the session type in
-its ``clara.session_type`` attribute) and the LiveKit URL the browser connects to
-(``CLARA_WEB_LIVEKIT_URL``, else ``LIVEKIT_URL``). Anyone who reaches the endpoint gets a
-token, so it listens on this machine only (``CLARA_WEB_HOST``, 127.0.0.1) unless
-``CLARA_WEB_ALLOW_REMOTE`` says otherwise; a bad address, a busy port or a page not built
-is one line and exit 2.
+``POST /api/token``: ``{"room", "name", "session_type", "resume"}`` → ``{"url", "token",
+"room", "identity", "resume"}``, a join token minted with the configured LiveKit keys and
+the LiveKit URL the browser connects to (``CLARA_WEB_LIVEKIT_URL``, else ``LIVEKIT_URL``).
+
+The endpoint cannot be used to impersonate anyone (clara_voice._web_guard): the identity is
+always the server's choice (random), ``name`` is only a display name, and ``resume`` (the
+ticket the last answer carried) gives a reconnecting page its own identity back. It answers
+same-origin JSON requests only (``Host`` one of the page's names, ``Origin`` its own: 403
+otherwise; 415 for another body type), the room is checked (or pinned by
+``CLARA_WEB_ROOM``), and the token grants only what a person talking to Clara needs
+(clara_voice.tokens). Whoever reaches the page still gets a token for a room, so it listens
+on this machine only (``CLARA_WEB_HOST``, 127.0.0.1) unless ``CLARA_WEB_ALLOW_REMOTE`` says
+otherwise; a bad address, a busy port or a page not built is one line and exit 2.
 """
 
 from __future__ import annotations
@@ -25,6 +31,14 @@ from aiohttp import web
 from clara_voice._json import parse_json
 from clara_voice._ratelimit import RateLimits
 from clara_voice._urls import is_loopback
+from clara_voice._web_guard import (
+    MAX_NAME,
+    ResumeTickets,
+    display_name,
+    foreign_request,
+    json_body,
+    new_identity,
+)
 from clara_voice.config import Settings
 from clara_voice.logging import configure_logging, get_logger
 from clara_voice.states import SESSION_TYPES
@@ -53,8 +67,19 @@ def build_app(settings: Settings, dist: Path) -> web.Application:
     """The page's application: the static files of ``dist`` and the token endpoint."""
     limits = RateLimits(capacity=TOKEN_BURST, rate=TOKEN_PER_SECOND)
     livekit_url = settings.web_livekit_url or settings.livekit_url
+    secret = settings.livekit_api_secret.get_secret_value()
+    tickets = ResumeTickets(secret)
+    hosts = settings.web_hosts
 
     async def token(request: web.Request) -> web.Response:
+        if (why := foreign_request(request.headers, hosts)) is not None:
+            log.warning(
+                "token request refused",
+                extra={"why": why, "host": request.headers.get("Host", "")[:128]},
+            )
+            return _error(403, why)
+        if not json_body(request.headers):
+            return _error(415, "the body must be JSON (Content-Type: application/json)")
         if not limits.admit(request.remote or ""):
             return _error(429, "too many token requests, try again in a moment")
         try:
@@ -63,23 +88,38 @@ def build_app(settings: Settings, dist: Path) -> web.Application:
             return _error(400, "the body must be a JSON object")
         if not isinstance(body, dict):
             return _error(400, "the body must be a JSON object")
-        room, identity = _name(body.get("room")), _name(body.get("identity"))
+        room = settings.web_room or _name(body.get("room"))
         session_type = body.get("session_type", "voice-vad")
-        if room is None or identity is None:
-            which = "room" if room is None else "identity"
-            return _error(400, f"{which} must be 1-128 letters, digits or . _ : @ - (not first)")
+        if room is None:
+            return _error(400, "room must be 1-128 letters, digits or . _ : @ - (not first)")
+        if settings.web_room and body.get("room") not in (None, "", settings.web_room):
+            return _error(403, f"this page's tokens are for the room {settings.web_room} only")
         if session_type not in SESSION_TYPES:
             return _error(400, f"session_type must be one of {', '.join(SESSION_TYPES)}")
+        name = display_name(body["name"]) if body.get("name") else None
+        if body.get("name") and name is None:
+            return _error(400, f"name must be 1-{MAX_NAME} printable characters")
+        resumed = tickets.identity(body["resume"]) if body.get("resume") else None
+        identity = resumed or new_identity()
         jwt = mint_token(
             api_key=settings.livekit_api_key,
-            api_secret=settings.livekit_api_secret.get_secret_value(),
+            api_secret=secret,
             room=room,
             identity=identity,
+            name=name,
             session_type=session_type,
             ttl=TOKEN_TTL,
         )
-        log.info("token issued", extra={"room": room, "participant": identity})
-        answer = {"url": livekit_url, "token": jwt, "room": room, "identity": identity}
+        log.info(
+            "token issued", extra={"room": room, "participant": identity, "resumed": bool(resumed)}
+        )
+        answer = {
+            "url": livekit_url,
+            "token": jwt,
+            "room": room,
+            "identity": identity,
+            "resume": tickets.issue(identity),
+        }
         return web.json_response(answer, headers={"Cache-Control": "no-store", **_HEADERS})
 
     async def index(_: web.Request) -> web.FileResponse:

@@ -35,7 +35,8 @@ from testkit.browser import (
     microphone_wav,
     running_web_page,
 )
-from testkit.checks import event
+from testkit.checks import event, joined, talk
+from testkit.human import Human
 from testkit.livekit_server import LiveKitServer
 from testkit.network import CLIENT_GID, Outage
 from testkit.worker import WorkerProcess
@@ -106,6 +107,16 @@ def user_turns(providers: Providers) -> list[str]:
     return [str(m["content"]) for m in messages if m["role"] == "user"]
 
 
+SHOWN_STATES = """() => {
+  window.__shownStates = [];
+  const line = document.getElementById('agent-state');
+  new MutationObserver(() => window.__shownStates.push(line.textContent)).observe(line, {
+    childList: true, characterData: true, subtree: true,
+  });
+}"""
+"""Records every text the page's agent-state line shows from now on."""
+
+
 def clara_said(text: str) -> str:
     """A condition: the page's transcript holds Clara's final ``text``."""
     return (
@@ -145,7 +156,7 @@ async def test_a_spoken_question_is_answered_aloud_and_switching_to_text_keeps_t
 
     async with chromium(tmp_path, microphone=microphone) as browser:
         page = await ClaraPage.open(browser, web_page.url)
-        await page.start(room=room_name, identity="ada", session_type="voice-vad")
+        ada = await page.start(room=room_name, name="Ada", session_type="voice-vad")
         assert await page.text("#status-text") == "Connected"
 
         await page.wait_for(clara_said(SPOKEN_REPLY), "Clara's spoken answer", timeout=TURN_TIMEOUT)
@@ -172,7 +183,7 @@ async def test_a_spoken_question_is_answered_aloud_and_switching_to_text_keeps_t
         assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
         # Voice -> Text, in the same session
-        before = session_ids(state, "ada")
+        before = session_ids(state, ada)
         assert len(before) == 1
         await page.page.select_option("#session-type", "text")
         await page.page.click("#switch-type")
@@ -191,14 +202,14 @@ async def test_a_spoken_question_is_answered_aloud_and_switching_to_text_keeps_t
         assert shown[-2:] == [("You", TYPED), ("Clara", TYPED_REPLY)]
         assert spoken < len(shown) - 2
         assert await page.text("#status-text") == "Connected"
-        assert session_ids(await page.debug(), "ada") == before
+        assert session_ids(await page.debug(), ada) == before
         # a healthy voice session never shows a false alarm of the link-stall watch
         texts = [t["text"] for t in (await page.probe())["statusTexts"]]
         assert "Reconnecting…" not in texts, texts
         assert page.errors == []
 
-    assert len(worker.find(event("session initialized", participant="ada"))) == 1
-    assert not worker.find(event("cleaning up session", participant="ada"))
+    assert len(worker.find(event("session initialized", participant=ada))) == 1
+    assert not worker.find(event("cleaning up session", participant=ada))
     assert user_turns(providers)[-1] == TYPED
 
 
@@ -217,7 +228,7 @@ async def test_push_to_talk_answers_only_what_is_said_while_the_button_is_held(
 
     async with chromium(tmp_path, microphone=microphone) as browser:
         page = await ClaraPage.open(browser, web_page.url)
-        await page.start(room=room_name, identity="bo", session_type="voice-ptt")
+        await page.start(room=room_name, name="Bo", session_type="voice-ptt")
         await page.wait_for("d.config && d.config.state === 'active'", "the session active")
         ptt = page.page.locator("#ptt")
         await ptt.wait_for(state="visible")
@@ -287,13 +298,13 @@ async def test_a_network_outage_shows_reconnecting_then_connected_and_the_talk_g
     microphone = microphone_wav(tmp_path / "microphone.wav", OUTAGE_SECONDS * 4)
     async with chromium(tmp_path, microphone=microphone, gid=CLIENT_GID) as browser:
         page = await ClaraPage.open(browser, web_page.url)
-        await page.start(room=room_name, identity="cy", session_type="voice-vad")
+        cy = await page.start(room=room_name, name="Cy", session_type="voice-vad")
         await page.wait_for(
             "d.config && d.config.state === 'active' && d.micPublished", "the session active"
         )
         await type_message(page, "Message 1", "Answer 1.")
         await page.wait_for("d.linkArmed", "the link-stall watch armed")
-        session = session_ids(await page.debug(), "cy")
+        session = session_ids(await page.debug(), cy)
 
         outage.cut()
         cut_at = await page.now()
@@ -331,10 +342,10 @@ async def test_a_network_outage_shows_reconnecting_then_connected_and_the_talk_g
             ("You", "Message 2"),
             ("Clara", "Answer 2."),
         ]
-        assert session_ids(await page.debug(), "cy") == session
+        assert session_ids(await page.debug(), cy) == session
 
-    assert len(worker.find(event("session initialized", participant="cy"))) == 1
-    assert not worker.find(event("cleaning up session", participant="cy"))
+    assert len(worker.find(event("session initialized", participant=cy))) == 1
+    assert not worker.find(event("cleaning up session", participant=cy))
 
 
 @pytest.mark.timeout(300)
@@ -349,7 +360,7 @@ async def test_an_outage_longer_than_the_backoff_schedule_ends_in_failed(
     await clara_in_room(clara, livekit_server, room_name)
     async with chromium(tmp_path, gid=CLIENT_GID) as browser:
         page = await ClaraPage.open(browser, web_page.url)
-        await page.start(room=room_name, identity="dee", session_type="text")
+        await page.start(room=room_name, name="Dee", session_type="text")
         await page.wait_for("d.config && d.config.state === 'active'", "the session active")
         outage.cut()
         cut_at = await page.now()
@@ -381,3 +392,39 @@ async def test_an_outage_longer_than_the_backoff_schedule_ends_in_failed(
             f"'Failed' {(starts[-1] - cut_at) / 1000:.1f} s after the cut"
         )
         outage.restore()
+
+
+async def test_the_page_shows_only_its_own_conversations_state(
+    livekit_server: LiveKitServer,
+    clara: StartClara,
+    providers: Providers,
+    web_page: WebPageServer,
+    room_name: str,
+    tmp_path: Path,
+) -> None:
+    """Regression (issue 16, item 8): the page fell back to ``lk.agent.state`` (the busiest
+    conversation of the room, maybe another person's) whenever its own state was absent, so
+    a page waiting for a place showed "Clara is speaking" over someone else's talk."""
+    providers.deepgram.transcripts = ["bob asks about the weather"]
+    providers.openai.replies = ["Bob, it will be sunny all day long."]
+    worker = await clara(CLARA_MAX_SESSIONS_PER_ROOM="1")
+    bob = Human(livekit_server, room_name, "bob")
+    await joined(worker, bob)
+    async with chromium(tmp_path, gid=CLIENT_GID) as browser:
+        page = await ClaraPage.open(browser, web_page.url)
+        await page.start(room=room_name, name="Eve", session_type="voice-ptt")
+        await page.wait_for("d.waiting && d.notice", "the room-full notice")
+        assert await page.text("#agent-state") == "Clara is busy: waiting for a place"
+        await page.page.evaluate(SHOWN_STATES)
+
+        await talk(bob, "Will it be sunny", "Bob, it will be sunny all day long.")
+        states = {c["lk.agent.state"] for c in bob.agent_attribute_changes if "lk.agent.state" in c}
+        assert {"thinking", "speaking"} <= states  # the room's state moved with bob's talk
+        assert (await page.debug())["agentState"] is None  # and the page never showed it
+        shown = await page.page.evaluate("() => window.__shownStates")
+        assert all(text == "Clara is busy: waiting for a place" for text in shown), shown
+
+        await bob.leave()  # a place frees up: the page's own session, its own state
+        await page.wait_for("d.config && d.config.state === 'active'", "its own session")
+        await page.wait_for("d.agentState === 'listening'", "its own state")
+        assert not (await page.debug())["waiting"]

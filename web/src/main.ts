@@ -7,6 +7,7 @@ import {
   isVoiceType,
   parseRpcFailure,
   parseSetTypeReply,
+  parseNotice,
   parseSyncEvent,
   readAgentState,
   readSessionConfig,
@@ -19,7 +20,7 @@ import { ClaraRoom, type RoomListener } from './session';
 import { ConfigTracker } from './session-config';
 import { appendCapped, canPushToTalk, initialState, installDebugHook, Store, SYNC_LOG_LIMIT } from './state';
 import { STATUS_TEXT, statusView } from './status';
-import { DEFAULT_TOKEN_ENDPOINT, fetchToken, randomIdentity } from './token';
+import { DEFAULT_TOKEN_ENDPOINT, fetchToken } from './token';
 import { classifySpeaker, consumeTranscription, Transcript, transcribedTrackId } from './transcript';
 import { getElements, render, renderAll, selectedType } from './ui';
 
@@ -28,7 +29,7 @@ const METER_INTERVAL_MS = 50;
 const els = getElements();
 const tokenEndpoint =
   document.querySelector<HTMLMetaElement>('meta[name="clara-token-endpoint"]')?.content || DEFAULT_TOKEN_ENDPOINT;
-const store = new Store(initialState('clara-demo', randomIdentity()));
+const store = new Store(initialState('clara-demo'));
 installDebugHook(window, store);
 store.subscribe((state, changed) => render(els, state, changed));
 renderAll(els, store.current);
@@ -39,6 +40,8 @@ const media = new MediaPlayback(els.agentAudio);
 const configs = new ConfigTracker();
 let current: ClaraRoom | null = null;
 let chatCount = 0;
+/** The ticket of the last token: a reconnection of this session keeps its identity. */
+let resume: string | null = null;
 
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -57,9 +60,12 @@ const controller = new ReconnectController({
 });
 
 async function connectOnce(signal: AbortSignal): Promise<void> {
-  const { room, identity, sessionType } = store.current;
-  const token = await fetchToken({ room, identity, session_type: sessionType }, { endpoint: tokenEndpoint, signal });
+  const { room, name, sessionType } = store.current;
+  const request = { room, session_type: sessionType, resume, ...(name ? { name } : {}) };
+  const token = await fetchToken(request, { endpoint: tokenEndpoint, signal });
   signal.throwIfAborted();
+  resume = token.resume;
+  store.patch({ identity: token.identity, room: token.room });
   closeRoom();
   const session = new ClaraRoom(listener);
   current = session;
@@ -134,12 +140,17 @@ const listener: RoomListener = {
     store.patch({ agentState: readAgentState(agent.attributes, identity) });
     const config = readSessionConfig(agent.attributes, identity);
     if (config) applyConfig(config);
+    if (config && store.current.waiting) store.patch({ waiting: false, notice: null });
   },
   syncData: (payload) => {
     const event = parseSyncEvent(payload);
     if (!event) return;
     store.patch({ syncEvents: appendCapped(store.current.syncEvents, { ...event, receivedAt: Date.now() }, SYNC_LOG_LIMIT) });
     if (event.config) applyConfig(event.config, event.sessionId);
+  },
+  noticeData: (payload) => {
+    const notice = parseNotice(payload);
+    if (notice) store.patch({ notice: notice.message, waiting: notice.error === 'room_full' });
   },
   transcription: (reader, senderIdentity) => {
     const session = current;
@@ -220,17 +231,21 @@ els.joinForm.addEventListener('submit', (event) => {
   event.preventDefault();
   if (!statusView(store.current.status).canStart) return;
   const room = els.room.value.trim();
-  const identity = els.identity.value.trim();
-  if (!room || !identity) {
-    showError('Enter a room name and an identity.');
+  const name = els.name.value.trim();
+  if (!room) {
+    showError('Enter a room name.');
     return;
   }
+  resume = null; // a new session: a new identity
   media.unlock(); // inside the click: the browser lets audio play from now on
   transcript.clear();
   configs.reset();
   store.patch({
     room,
-    identity,
+    name,
+    identity: '',
+    notice: null,
+    waiting: false,
     sessionType: selectedType(els) ?? DEFAULT_SESSION_TYPE,
     config: null,
     syncEvents: [],

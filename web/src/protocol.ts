@@ -11,6 +11,7 @@ export type SessionState = (typeof SESSION_STATES)[number];
 export const TOPIC_CHAT = 'lk.chat';
 export const TOPIC_TRANSCRIPTION = 'lk.transcription';
 export const TOPIC_SYNC = 'clara.sync';
+export const TOPIC_NOTICE = 'clara.notice';
 
 export const ATTR_SEGMENT_ID = 'lk.segment_id';
 export const ATTR_TRANSCRIPTION_FINAL = 'lk.transcription_final';
@@ -185,6 +186,25 @@ export function parseSyncEvent(payload: string | Uint8Array): SyncEvent | null {
   };
 }
 
+/** A `clara.notice` the agent sent this participant about its own input. */
+export interface Notice {
+  input: string;
+  error: string;
+  message: string;
+}
+
+/** A `clara.notice` packet (`{"v": 1, "type": "refused", "input", "error", "message"}`); null when it is not one. */
+export function parseNotice(payload: string | Uint8Array): Notice | null {
+  const text = decode(payload);
+  const obj = text === null ? null : asObject(parseJson(text));
+  if (!obj || obj.v !== PROTOCOL_VERSION || obj.type !== 'refused') return null;
+  const input = str(obj.input);
+  const error = str(obj.error);
+  const message = str(obj.message);
+  if (input === null || error === null || !message) return null;
+  return { input, error, message };
+}
+
 /** The `config` of a successful clara.set_session_type reply; null otherwise. */
 export function parseSetTypeReply(payload: string): SessionConfig | null {
   const obj = asObject(parseJson(payload));
@@ -206,9 +226,13 @@ export function parseRpcFailure(err: unknown): RpcFailure {
   return { code, error, message };
 }
 
-/** Clara's state for this participant: the per-session attribute, else livekit's `lk.agent.state`. */
+/**
+ * Clara's state in this participant's own conversation: its `clara.agent_state.<identity>`
+ * attribute only. livekit's `lk.agent.state` is the busiest of the room's conversations (maybe
+ * another person's), so it is never shown as this page's own.
+ */
 export function readAgentState(attributes: Readonly<Record<string, string>>, identity: string): string | null {
-  return attributes[agentStateAttributeKey(identity)] || attributes[ATTR_LK_AGENT_STATE] || null;
+  return attributes[agentStateAttributeKey(identity)] || null;
 }
 
 /** The SessionConfig the agent publishes for this participant, if any. */

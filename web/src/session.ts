@@ -11,7 +11,7 @@ import {
   type TextStreamReader,
 } from 'livekit-client';
 import { LinkWatch, transportBytes, type LinkWatchState } from './link-watch';
-import { TOPIC_CHAT, TOPIC_SYNC, TOPIC_TRANSCRIPTION } from './protocol';
+import { TOPIC_CHAT, TOPIC_NOTICE, TOPIC_SYNC, TOPIC_TRANSCRIPTION } from './protocol';
 import { LINK_RECONNECT_POLICY } from './reconnect';
 
 export interface RoomListener {
@@ -26,6 +26,7 @@ export interface RoomListener {
   agentChanged(agent: RemoteParticipant | null): void;
   agentAttributesChanged(agent: RemoteParticipant): void;
   syncData(payload: Uint8Array): void;
+  noticeData(payload: Uint8Array): void;
   transcription(reader: TextStreamReader, senderIdentity: string): void;
   agentAudioSubscribed(track: RemoteTrack): void;
   agentAudioUnsubscribed(track: RemoteTrack): void;
@@ -96,6 +97,7 @@ export class ClaraRoom {
         RoomEvent.DataReceived,
         on((payload: Uint8Array, _participant?: RemoteParticipant, _kind?: unknown, topic?: string) => {
           if (topic === TOPIC_SYNC) listener.syncData(payload);
+          else if (topic === TOPIC_NOTICE) listener.noticeData(payload);
         }),
       )
       .on(

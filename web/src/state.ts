@@ -16,7 +16,10 @@ export interface AppState {
   statusText: string;
   attempts: number;
   sessionType: SessionType;
+  /** The identity the token endpoint gave this page ("" before the first token). */
   identity: string;
+  /** The display name the person typed (may be ""). */
+  name: string;
   room: string;
   agentIdentity: string | null;
   agentState: string | null;
@@ -35,15 +38,20 @@ export interface AppState {
   pttPressed: boolean;
   audioBlocked: boolean;
   lastError: string | null;
+  /** The last `clara.notice` the agent sent about this participant's input. */
+  notice: string | null;
+  /** The room was full: no session yet, one comes when a place frees up. */
+  waiting: boolean;
 }
 
-export function initialState(room: string, identity: string): AppState {
+export function initialState(room: string, name = ''): AppState {
   return {
     status: 'idle',
     statusText: STATUS_TEXT.idle,
     attempts: 0,
     sessionType: DEFAULT_SESSION_TYPE,
-    identity,
+    identity: '',
+    name,
     room,
     agentIdentity: null,
     agentState: null,
@@ -60,6 +68,8 @@ export function initialState(room: string, identity: string): AppState {
     pttPressed: false,
     audioBlocked: false,
     lastError: null,
+    notice: null,
+    waiting: false,
   };
 }
 

@@ -1,4 +1,6 @@
-// The page's own token endpoint: POST {room, identity, session_type} → {url, token, room, identity}.
+// The page's own token endpoint: POST {room, name, session_type, resume} → {url, token, room,
+// identity, resume}. The server picks the identity; `resume` (the ticket of the last answer)
+// gives a reconnecting page its own identity back.
 
 import type { SessionType } from './protocol';
 
@@ -12,8 +14,11 @@ export const TOKEN_TIMEOUT_MS = 10_000;
 
 export interface TokenRequest {
   room: string;
-  identity: string;
+  /** A display name; the identity is always the server's choice. */
+  name?: string;
   session_type: SessionType;
+  /** The ticket of the last answer: the same identity again (a reconnection). */
+  resume?: string | null;
 }
 
 export interface TokenResponse {
@@ -21,6 +26,7 @@ export interface TokenResponse {
   token: string;
   room: string;
   identity: string;
+  resume: string | null;
 }
 
 export type FetchLike = (input: string, init: RequestInit) => Promise<Response>;
@@ -75,21 +81,22 @@ export async function fetchToken(
     const message = typeof body?.error === 'string' && body.error ? body.error : `token request failed (HTTP ${response.status})`;
     throw new TokenError(message, response.status);
   }
-  if (!body || typeof body.url !== 'string' || !body.url || typeof body.token !== 'string' || !body.token) {
-    throw new TokenError('token response is missing url or token', response.status);
+  if (
+    !body ||
+    typeof body.url !== 'string' ||
+    !body.url ||
+    typeof body.token !== 'string' ||
+    !body.token ||
+    typeof body.identity !== 'string' ||
+    !body.identity
+  ) {
+    throw new TokenError('token response is missing url, token or identity', response.status);
   }
   return {
     url: body.url,
     token: body.token,
     room: typeof body.room === 'string' ? body.room : request.room,
-    identity: typeof body.identity === 'string' ? body.identity : request.identity,
+    identity: body.identity,
+    resume: typeof body.resume === 'string' && body.resume ? body.resume : null,
   };
-}
-
-/** A display identity like `user-3fa2`. */
-export function randomIdentity(random: () => number = Math.random): string {
-  const hex = Math.floor(random() * 0x10000)
-    .toString(16)
-    .padStart(4, '0');
-  return `user-${hex}`;
 }

@@ -18,12 +18,13 @@ export function getElements() {
     statusDetail: byId('status-detail', HTMLElement),
     joinForm: byId('join-form', HTMLFormElement),
     room: byId('room', HTMLInputElement),
-    identity: byId('identity', HTMLInputElement),
+    name: byId('name', HTMLInputElement),
     sessionType: byId('session-type', HTMLSelectElement),
     switchType: byId('switch-type', HTMLButtonElement),
     start: byId('start-session', HTMLButtonElement),
     end: byId('end-session', HTMLButtonElement),
     error: byId('error', HTMLElement),
+    notice: byId('notice', HTMLElement),
     agentState: byId('agent-state', HTMLElement),
     configType: byId('config-type', HTMLElement),
     configState: byId('config-state', HTMLElement),
@@ -117,7 +118,7 @@ export function render(els: Elements, state: Readonly<AppState>, changed: Readon
     els.start.disabled = !view.canStart;
     els.end.disabled = !view.canEnd;
     els.room.disabled = !view.canStart;
-    els.identity.disabled = !view.canStart;
+    els.name.disabled = !view.canStart;
     els.sessionType.disabled = !(view.canStart || connected);
     els.chatInput.disabled = !connected;
     els.sendChat.disabled = !connected;
@@ -129,12 +130,15 @@ export function render(els: Elements, state: Readonly<AppState>, changed: Readon
     els.sessionType.value = state.sessionType;
   }
   if (has('room') && els.room.value !== state.room) els.room.value = state.room;
-  if (has('identity') && els.identity.value !== state.identity) els.identity.value = state.identity;
+  if (has('name') && els.name.value !== state.name) els.name.value = state.name;
   if (has('lastError')) els.error.textContent = state.lastError ?? '';
-  if (has('agentIdentity', 'agentState')) {
+  if (has('notice')) els.notice.textContent = state.notice ?? '';
+  if (has('agentIdentity', 'agentState', 'waiting')) {
     els.agentState.textContent = !state.agentIdentity
       ? 'Not in the room'
-      : `Clara is ${state.agentState ?? 'here'}`;
+      : state.waiting
+        ? 'Clara is busy: waiting for a place'
+        : `Clara is ${state.agentState ?? 'here'}`;
   }
   if (has('config')) renderConfig(els, state.config);
   if (has('muted')) els.mute.setAttribute('aria-pressed', String(state.muted));

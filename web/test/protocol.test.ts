@@ -6,6 +6,7 @@ import {
   newerConfig,
   parseRpcFailure,
   parseSessionConfig,
+  parseNotice,
   parseSetTypeReply,
   parseSyncEvent,
   readAgentState,
@@ -174,9 +175,11 @@ describe('agent attributes', () => {
     expect(agentStateAttributeKey('alice')).toBe('clara.agent_state.alice');
   });
 
-  it('prefers the per-session state and falls back to lk.agent.state', () => {
+  it('reads this participant’s own state only, never the room’s lk.agent.state', () => {
+    // regression (issue 16, item 8): bob's page showed the room's busiest state as his own
     expect(readAgentState(attrs, 'alice')).toBe('thinking');
-    expect(readAgentState(attrs, 'bob')).toBe('listening');
+    expect(readAgentState(attrs, 'bob')).toBeNull();
+    expect(readAgentState({ 'lk.agent.state': 'speaking' }, 'bob')).toBeNull();
     expect(readAgentState({}, 'bob')).toBeNull();
   });
 
@@ -210,5 +213,19 @@ describe('helpers', () => {
     expect(chatMessage('x'.repeat(8000))).toHaveLength(8000);
     expect(chatMessage('x'.repeat(8001))).toBeNull();
     expect(chatMessage('😀'.repeat(8000))).not.toBeNull(); // 8000 code points, 16000 UTF-16 units
+  });
+});
+
+describe('notices', () => {
+  it('reads a refusal the agent sent about this participant’s input', () => {
+    const room = { v: 1, type: 'refused', input: 'session', error: 'room_full', message: 'Clara is busy.' };
+    expect(parseNotice(JSON.stringify(room))).toEqual({ input: 'session', error: 'room_full', message: 'Clara is busy.' });
+    expect(parseNotice(new TextEncoder().encode(JSON.stringify(room)))?.error).toBe('room_full');
+  });
+
+  it('ignores what is not a notice', () => {
+    expect(parseNotice('not json')).toBeNull();
+    expect(parseNotice(JSON.stringify({ v: 2, type: 'refused', input: 'x', error: 'y', message: 'z' }))).toBeNull();
+    expect(parseNotice(JSON.stringify({ v: 1, type: 'refused', input: 'x', error: 'y', message: '' }))).toBeNull();
   });
 });

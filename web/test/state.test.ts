@@ -4,7 +4,7 @@ import { appendCapped, canPushToTalk, initialState, installDebugHook, Store, typ
 
 describe('Store', () => {
   it('tells listeners which keys changed, and only when something did', () => {
-    const store = new Store(initialState('clara-demo', 'user-0001'));
+    const store = new Store(initialState('clara-demo', 'Ada'));
     const seen: StateKey[][] = [];
     store.subscribe((_s, changed) => seen.push([...changed]));
     store.patch({ status: 'connecting', statusText: 'Connecting…', attempts: 0 });
@@ -13,12 +13,13 @@ describe('Store', () => {
   });
 
   it('starts idle with the defaults', () => {
-    expect(initialState('clara-demo', 'user-0001')).toMatchObject({
+    expect(initialState('clara-demo', 'Ada')).toMatchObject({
       status: 'idle',
       statusText: 'Not connected',
       sessionType: 'voice-vad',
       room: 'clara-demo',
-      identity: 'user-0001',
+      identity: '', // the token endpoint gives it
+      name: 'Ada',
       transcript: [],
       agentAudioLevelMax: 0,
     });

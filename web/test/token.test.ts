@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { fetchToken, randomIdentity, TokenError, type FetchLike } from '../src/token';
+import { fetchToken, TokenError, type FetchLike } from '../src/token';
 
-const request = { room: 'clara-demo', identity: 'user-ab12', session_type: 'voice-ptt' as const };
+const request = { room: 'clara-demo', name: 'Ada', session_type: 'voice-ptt' as const, resume: null };
 
 function respond(status: number, body: unknown): { fetch: FetchLike; seen: { url: string; init: RequestInit }[] } {
   const seen: { url: string; init: RequestInit }[] = [];
@@ -14,8 +14,8 @@ function respond(status: number, body: unknown): { fetch: FetchLike; seen: { url
 }
 
 describe('fetchToken', () => {
-  it('posts the room, identity and session type as JSON', async () => {
-    const ok = { url: 'ws://127.0.0.1:7880', token: 'jwt', room: 'clara-demo', identity: 'user-ab12' };
+  it('posts the room, name and session type as JSON and takes the identity it is given', async () => {
+    const ok = { url: 'ws://127.0.0.1:7880', token: 'jwt', room: 'clara-demo', identity: 'web-1f2e', resume: 'tkt' };
     const { fetch, seen } = respond(200, ok);
     await expect(fetchToken(request, { fetch })).resolves.toEqual(ok);
     expect(seen).toHaveLength(1);
@@ -25,10 +25,10 @@ describe('fetchToken', () => {
   });
 
   it('uses another endpoint when told', async () => {
-    const { fetch, seen } = respond(200, { url: 'ws://x', token: 't' });
+    const { fetch, seen } = respond(200, { url: 'ws://x', token: 't', identity: 'web-1f2e' });
     const token = await fetchToken(request, { fetch, endpoint: '/clara/api/token' });
     expect(seen[0]?.url).toBe('/clara/api/token');
-    expect(token).toMatchObject({ room: 'clara-demo', identity: 'user-ab12' });
+    expect(token).toMatchObject({ room: 'clara-demo', identity: 'web-1f2e', resume: null });
   });
 
   it("shows the server's error message", async () => {
@@ -43,9 +43,11 @@ describe('fetchToken', () => {
     await expect(fetchToken(request, { fetch })).rejects.toThrow('token request failed (HTTP 502)');
   });
 
-  it('refuses a reply without url or token', async () => {
-    await expect(fetchToken(request, respond(200, { url: 'ws://x' }))).rejects.toThrow('missing url or token');
-    await expect(fetchToken(request, respond(200, 'not json'))).rejects.toThrow('missing url or token');
+  it('refuses a reply without url, token or identity', async () => {
+    const missing = 'missing url, token or identity';
+    await expect(fetchToken(request, respond(200, { url: 'ws://x' }))).rejects.toThrow(missing);
+    await expect(fetchToken(request, respond(200, { url: 'ws://x', token: 't' }))).rejects.toThrow(missing);
+    await expect(fetchToken(request, respond(200, 'not json'))).rejects.toThrow(missing);
   });
 
   it('gives up on a request that gets no answer', async () => {
@@ -83,13 +85,5 @@ describe('fetchToken', () => {
       message: 'token request failed: Failed to fetch',
       status: null,
     });
-  });
-});
-
-describe('randomIdentity', () => {
-  it('is user- and four hex digits', () => {
-    expect(randomIdentity(() => 0)).toBe('user-0000');
-    expect(randomIdentity(() => 0.999999)).toBe('user-ffff');
-    expect(randomIdentity()).toMatch(/^user-[0-9a-f]{4}$/);
   });
 });
