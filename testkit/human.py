@@ -42,6 +42,7 @@ SOUND_RMS = 0.01
 TRANSCRIPTION_TOPIC = "lk.transcription"
 CHAT_TOPIC = "lk.chat"
 SYNC_TOPIC = "clara.sync"
+NOTICE_TOPIC = "clara.notice"
 JOIN_TIMEOUT = 20.0
 
 
@@ -100,8 +101,10 @@ class Human:
         session_type: str | None = None,
         attributes: dict[str, str] | None = None,
         auto_subscribe: bool = True,
+        can_update_own_metadata: bool | None = None,
     ) -> None:
         self.server = server
+        self.can_update_own_metadata = can_update_own_metadata
         self.auto_subscribe = auto_subscribe
         self.room_name = room
         self.identity = identity
@@ -111,6 +114,8 @@ class Human:
         self.room = rtc.Room()
         self.streams: list[TextStream] = []
         self.sync_events: list[dict[str, Any]] = []
+        self.notices: list[dict[str, Any]] = []
+        """The ``clara.notice`` packets the agent sent this participant."""
         self.heard: dict[str, HeardAudio] = {}
         self.subscriptions: list[str] = []
         """The sid of every agent audio track this client got subscribed to, in order."""
@@ -129,7 +134,12 @@ class Human:
     async def join(self, *, microphone: bool = True, wait_agent: bool = True) -> None:
         """Connect (with auto-subscribe unless told otherwise, as apps do), publish the
         microphone, wait for the agent participant."""
-        token = self.server.token(self.identity, self.room_name, attributes=self.attributes)
+        token = self.server.token(
+            self.identity,
+            self.room_name,
+            attributes=self.attributes,
+            can_update_own_metadata=self.can_update_own_metadata,
+        )
         options = rtc.RoomOptions(auto_subscribe=self.auto_subscribe)
         await self.room.connect(self.server.url, token, options)
         for topic in (TRANSCRIPTION_TOPIC, CHAT_TOPIC):
@@ -319,9 +329,10 @@ class Human:
             await stream.aclose()
 
     def _on_data(self, packet: rtc.DataPacket) -> None:
-        if packet.topic == SYNC_TOPIC:
+        received = {SYNC_TOPIC: self.sync_events, NOTICE_TOPIC: self.notices}.get(packet.topic)
+        if received is not None:
             with contextlib.suppress(ValueError):
-                self.sync_events.append(json.loads(packet.data))
+                received.append(json.loads(packet.data))
         self._poke()
 
     def _on_attributes(self, changed: dict[str, str], participant: rtc.Participant) -> None:
@@ -333,7 +344,10 @@ class Human:
         self._spawn(self._read_text(reader, sender), "text")
 
     async def _read_text(self, reader: rtc.TextStreamReader, sender: str) -> None:
-        text = await reader.read_all()
+        try:
+            text = await reader.read_all()
+        except rtc.StreamError:
+            return  # cut short: the client left (or the sender aborted it) while it came
         info = reader.info
         self.streams.append(
             TextStream(sender, info.topic, dict(info.attributes or {}), text, time.monotonic())

@@ -174,13 +174,17 @@ class LiveKitServer:
         *,
         attributes: dict[str, str] | None = None,
         name: str | None = None,
+        can_update_own_metadata: bool | None = None,
     ) -> str:
         """A room-join token for ``identity`` (its participant attributes set at join)."""
+        grants = api.VideoGrants(
+            room_join=True, room=room, can_update_own_metadata=can_update_own_metadata
+        )
         token = (
             api.AccessToken(self.api_key, self.api_secret)
             .with_identity(identity)
             .with_name(name or identity)
-            .with_grants(api.VideoGrants(room_join=True, room=room))
+            .with_grants(grants)
         )
         if attributes:
             token = token.with_attributes(attributes)

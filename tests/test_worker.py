@@ -3,6 +3,7 @@ and the diagnostics for a LiveKit server that cannot be reached."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import pickle
@@ -338,3 +339,47 @@ async def test_a_token_over_plain_http_is_allowed_when_asked_and_the_worker_warn
     }
     assert any(line["logger"] == "livekit.agents" for line in lines[1:])
     assert token not in output
+
+
+async def test_a_participant_who_leaves_just_before_the_shutdown_still_gets_its_summary(
+    job_ctx: JobContext, room: FakeRoom, settings: Settings
+) -> None:
+    """Regression (issue 16, item 5): the cleanup of a participant who had just left ran in
+    the leave task, which the agent's close cancelled: its summary was never written."""
+    room.join("alice")
+    room.join("bob")
+    await entrypoint(job_ctx, settings=settings, pipeline_factory=slow_closing_factory)
+    await settle()
+
+    room.leave("alice")  # its cleanup is under way (the pipeline takes 0.5 s to close)…
+    await asyncio.sleep(0)
+    await end_of_job(job_ctx)  # …when the job shuts down
+    await room.disconnect()
+    await run_shutdown_callbacks(job_ctx)
+
+    assert stored_summaries(settings) == ["alice", "bob"]
+
+
+async def test_sessions_close_together_at_shutdown_within_the_bound_whatever_their_number(
+    job_ctx: JobContext, room: FakeRoom, tmp_path: Path
+) -> None:
+    """Regression (issue 16, item 5): sessions were closed one after the other at shutdown,
+    so a room of many took many times a pipeline's close, past livekit's kill."""
+    settings = load_settings(
+        data_dir=tmp_path / "data", max_sessions_per_room=40, job_shutdown_timeout=8.0
+    )
+    for n in range(40):
+        room.join(f"guest-{n:02d}")
+    await entrypoint(job_ctx, settings=settings, pipeline_factory=slow_closing_factory)
+    await settle()
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await end_of_job(job_ctx)
+    took = loop.time() - started
+    await room.disconnect()
+    await run_shutdown_callbacks(job_ctx)
+
+    assert len(stored_summaries(settings)) == 40
+    # 40 closes of 0.5 s one after the other would take 20 s; together, one close's worth
+    assert took < settings.job_shutdown_timeout, took

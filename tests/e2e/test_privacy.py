@@ -7,9 +7,12 @@ destination), which only a real SFU could show."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from livekit import rtc
 
-from testkit.checks import event, joined, talk
+from testkit.checks import event, joined, talk, wait_rows
 from testkit.human import Human
 from testkit.livekit_server import LiveKitServer
 from tests.e2e.conftest import Providers, StartClara
@@ -85,3 +88,45 @@ async def test_two_participants_never_hear_read_or_see_each_others_conversation(
         "alice's agent track and state gone",
     )
     await bob.leave()
+
+
+SECRET = "my pin is four seven one one"
+
+
+async def test_a_later_joiner_never_gets_what_was_said_before_it_came(
+    livekit_server: LiveKitServer,
+    clara: StartClara,
+    room_name: str,
+    providers: Providers,
+    tmp_path: Path,
+) -> None:
+    """Regression (issue 16, critical 1): every new session was seeded with the room's
+    earlier messages, so Bob, joining after Alice told Clara a secret, had her words in
+    his LLM requests and Clara could repeat them to him."""
+    providers.deepgram.transcripts = [SECRET, "what is the weather"]
+    providers.openai.replies = [ALICE_REPLY, BOB_REPLY]
+    worker = await clara()
+    alice = Human(livekit_server, room_name, "alice")
+    await joined(worker, alice)
+    await talk(alice, "My pin is four seven one one", ALICE_REPLY)
+
+    bob = Human(livekit_server, room_name, "bob")  # joins after the secret was said
+    await joined(worker, bob)
+    await talk(bob, "What is the weather", BOB_REPLY)
+
+    def said(request: dict[str, Any]) -> str:
+        return " ".join(str(m.get("content")) for m in request["messages"])
+
+    alices, bobs = providers.openai.chat_requests
+    assert SECRET in said(alices)  # the control: the request did carry what was said
+    assert SECRET not in said(bobs) and ALICE_REPLY not in said(bobs)
+    assert SECRET not in " ".join(t.text for t in bob.streams)
+    await bob.leave()
+    rows = await wait_rows(
+        tmp_path / "data",
+        "SELECT text FROM messages WHERE participant = ? ORDER BY seq",
+        "bob",
+        count=2,
+    )
+    assert SECRET not in " ".join(text for (text,) in rows)
+    await alice.leave()

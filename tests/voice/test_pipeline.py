@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 from livekit import rtc
-from livekit.agents import JobContext
+from livekit.agents import JobContext, llm
 from livekit.agents.job import _JobContextVar
+from livekit.agents.voice.events import ConversationItemAddedEvent
 
 from clara_voice.config import Settings
 from clara_voice.logging import get_logger
@@ -229,6 +230,17 @@ async def test_text_sessions_answer_text_with_text(harness: Harness) -> None:
     assert user_texts(request) == ["Hello, can you read me?"]
     assert harness.openai.speech_requests == []
     await until(lambda: session.message_count == 2, timeout=5, what="both messages counted")
+
+
+async def test_an_empty_user_message_is_neither_kept_nor_stored(harness: Harness) -> None:
+    """Regression: closing a text session's job made livekit add an empty user message,
+    which was counted and stored as a turn of the conversation."""
+    session = await harness.join("carol", "text")
+    agent_session = harness.media["carol"].agent_session
+    for content in ([""], ["  "]):
+        item = llm.ChatMessage(role="user", content=content)
+        agent_session.emit("conversation_item_added", ConversationItemAddedEvent(item=item))
+    assert session.message_count == 0 and session.history == []
 
 
 async def test_a_failed_text_turn_is_apologised_for_in_text(harness: Harness) -> None:

@@ -298,6 +298,8 @@ class LiveKitPipeline:
         item = event.item
         if not isinstance(item, llm.ChatMessage) or item.role not in ("user", "assistant"):
             return
+        if item.role == "user" and not (item.text_content or "").strip():
+            return  # nothing said (livekit adds one when a job closes a text session)
         self._events.message_added(history_message(item))
         if item.role == "user":
             self._pending_user = item
