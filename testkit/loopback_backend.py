@@ -6,8 +6,9 @@
 
 * ``POST /agents/joined`` — ``{"room", "conversation_id"}``; answers the proposed id, or a
   new ``conv-…`` id when it is empty, and makes the conversation known.
-* ``GET /conversations/{id}/messages?limit=N`` — the last N of :attr:`conversations`
-  ``[id]``, oldest first; 404 for an unknown conversation.
+* ``GET /conversations/{id}/messages?participant=P&limit=N`` — the last N messages of
+  :attr:`conversations` ``[id]`` that belong to participant P, oldest first; 404 for an
+  unknown conversation.
 * ``POST /turns``, ``/participant-events``, ``/sessions`` — stores the body under its
   ``key`` (which the ``Idempotency-Key`` header must carry, percent-encoded) in
   :attr:`stored`: 201 when
@@ -302,10 +303,13 @@ class LoopbackBackend(PeerHandlers, AsyncService):
             raise _BadRequest("limit must be an integer") from None
         if limit < 1:
             raise _BadRequest("limit must be at least 1")
+        participant = query.get("participant")
+        if not participant:
+            raise _BadRequest("participant is required: history is per participant")
         if conversation_id not in self.conversations:
             return _error(404, "unknown conversation")
-        messages = self.conversations[conversation_id][-limit:]
-        return web.json_response({"messages": messages})
+        own = [m for m in self.conversations[conversation_id] if m["participant"] == participant]
+        return web.json_response({"messages": own[-limit:]})
 
     def _store(
         self, endpoint: str, body: dict[str, Any], idempotency_key: str | None
@@ -321,7 +325,12 @@ class LoopbackBackend(PeerHandlers, AsyncService):
         self.stored[key] = StoredRecord(endpoint=endpoint, key=key, body=body)
         if endpoint == "turns":
             self.conversations.setdefault(body["conversation_id"], []).append(
-                {"role": body["role"], "text": body["text"], "at": body["at"]}
+                {
+                    "role": body["role"],
+                    "text": body["text"],
+                    "at": body["at"],
+                    "participant": body["participant"],
+                }
             )
         return web.json_response({"key": key, "status": "stored"}, status=201)
 

@@ -118,7 +118,7 @@ async def test_replay_delivers_to_the_backend_and_keeps_what_it_refuses(data: Pa
 
     store = SQLiteBackend(data / DB_FILENAME)
     try:
-        stored = await store.get_recent_messages("conv-s1", 10)
+        stored = await store.get_recent_messages("conv-s1", 10, participant="user-s1")
     finally:
         await store.aclose()
     assert [m.text for m in stored] == ["s1 says 1", "s1 says 3"]

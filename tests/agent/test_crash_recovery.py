@@ -38,8 +38,10 @@ class CountingBackend:
     async def agent_joined(self, *, room: str, conversation_id: str) -> str:
         return await self.inner.agent_joined(room=room, conversation_id=conversation_id)
 
-    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
-        return await self.inner.get_recent_messages(conversation_id, limit)
+    async def get_recent_messages(
+        self, conversation_id: str, limit: int, *, participant: str
+    ) -> list[StoredMessage]:
+        return await self.inner.get_recent_messages(conversation_id, limit, participant=participant)
 
     async def deliver(self, record: OutboxRecord) -> None:
         await self.inner.deliver(record)
@@ -116,7 +118,7 @@ async def test_records_acknowledged_by_a_killed_process_are_delivered_once(
             assert seqs == list(range(len(seqs)))  # in order, and no gap
         assert len(by_session) == SESSIONS
 
-        recent = await store.get_recent_messages("conv-s0", 3)
+        recent = await store.get_recent_messages("conv-s0", 3, participant="user-s0")
         last = by_session["s0"][-1]
         assert [m.text for m in recent] == [f"s0 says {n}" for n in range(last - 2, last + 1)]
 
@@ -153,7 +155,9 @@ async def test_a_worker_killed_mid_conversation_loses_no_acknowledged_turn(
     delivered = Counter(key for key in backend.calls if key.startswith("turn:"))
     assert set(acked) <= set(delivered)  # every acknowledged turn arrived
     assert set(delivered.values()) == {1}  # exactly once
-    stored = await SQLiteBackend(data / DB_FILENAME).get_recent_messages(CONVERSATION, 100_000)
+    store = SQLiteBackend(data / DB_FILENAME)
     for identity in ("alice", "bob"):
-        texts = [m.text for m in stored if m.text.startswith(identity)]
+        stored = await store.get_recent_messages(CONVERSATION, 100_000, participant=identity)
+        texts = [m.text for m in stored]
         assert texts == [f"{identity} {n}" for n in range(len(texts))]  # in order, no gap
+    await store.aclose()

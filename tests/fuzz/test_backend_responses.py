@@ -160,7 +160,7 @@ async def call(backend: HttpBackend, operation: str) -> Any:
     if operation == "joined":
         return await backend.agent_joined(room="room-1", conversation_id="conv-1")
     if operation == "history":
-        return await backend.get_recent_messages("conv-1", 3)
+        return await backend.get_recent_messages("conv-1", 3, participant="ana")
     return await backend.deliver(RECORD)
 
 

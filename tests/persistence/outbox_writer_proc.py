@@ -24,7 +24,9 @@ class DownBackend:
     async def agent_joined(self, *, room: str, conversation_id: str) -> str:
         raise BackendError("backend unreachable", retryable=True)
 
-    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
+    async def get_recent_messages(
+        self, conversation_id: str, limit: int, *, participant: str
+    ) -> list[StoredMessage]:
         raise BackendError("backend unreachable", retryable=True)
 
     async def deliver(self, record: OutboxRecord) -> None:

@@ -132,21 +132,27 @@ async def test_recent_messages_are_the_last_n_oldest_first(
     server: LoopbackBackend, backend: HttpBackend
 ) -> None:
     server.conversations["c1"] = [
-        {"role": "user" if i % 2 else "assistant", "text": f"m{i}", "at": f"t{i}"} for i in range(5)
+        {
+            "role": "user" if i % 2 else "assistant",
+            "text": f"m{i}",
+            "at": f"t{i}",
+            "participant": "ana",
+        }
+        for i in range(5)
     ]
 
-    messages = await backend.get_recent_messages("c1", 3)
+    messages = await backend.get_recent_messages("c1", 3, participant="ana")
 
     assert messages == [
-        StoredMessage(role="assistant", text="m2", at="t2"),
-        StoredMessage(role="user", text="m3", at="t3"),
-        StoredMessage(role="assistant", text="m4", at="t4"),
+        StoredMessage(role="assistant", text="m2", at="t2", participant="ana"),
+        StoredMessage(role="user", text="m3", at="t3", participant="ana"),
+        StoredMessage(role="assistant", text="m4", at="t4", participant="ana"),
     ]
     [request] = server.requests
     assert (request.method, request.path, request.query) == (
         "GET",
         "/conversations/c1/messages",
-        {"limit": "3"},
+        {"participant": "ana", "limit": "3"},
     )
     assert request.headers["Authorization"] == f"Bearer {TOKEN}"
     assert request.body == b""
@@ -155,7 +161,7 @@ async def test_recent_messages_are_the_last_n_oldest_first(
 async def test_unknown_conversation_has_no_messages(
     server: LoopbackBackend, backend: HttpBackend
 ) -> None:
-    assert await backend.get_recent_messages("nobody-knows", 10) == []
+    assert await backend.get_recent_messages("nobody-knows", 10, participant="ana") == []
     assert server.requests[0].status == 404
 
 
@@ -163,10 +169,10 @@ async def test_conversation_id_is_one_escaped_path_segment(
     server: LoopbackBackend, backend: HttpBackend
 ) -> None:
     odd = "team/a b?c#d%"
-    server.conversations[odd] = [{"role": "user", "text": "hi", "at": "t"}]
+    server.conversations[odd] = [{"role": "user", "text": "hi", "at": "t", "participant": "ana"}]
 
-    assert await backend.get_recent_messages(odd, 5) == [
-        StoredMessage(role="user", text="hi", at="t")
+    assert await backend.get_recent_messages(odd, 5, participant="ana") == [
+        StoredMessage(role="user", text="hi", at="t", participant="ana")
     ]
     assert server.requests[0].segments == ["conversations", odd, "messages"]
 
@@ -174,8 +180,9 @@ async def test_conversation_id_is_one_escaped_path_segment(
 async def test_no_request_for_an_empty_conversation_id_or_limit(
     server: LoopbackBackend, backend: HttpBackend
 ) -> None:
-    assert await backend.get_recent_messages("", 10) == []
-    assert await backend.get_recent_messages("c1", 0) == []
+    assert await backend.get_recent_messages("", 10, participant="ana") == []
+    assert await backend.get_recent_messages("c1", 0, participant="ana") == []
+    assert await backend.get_recent_messages("c1", 5, participant="") == []
     assert server.requests == []
 
 
@@ -183,14 +190,14 @@ async def test_messages_with_unknown_roles_are_skipped(
     server: LoopbackBackend, backend: HttpBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     server.conversations["c1"] = [
-        {"role": "system", "text": "be brief", "at": "t0"},
-        {"role": "user", "text": "hi", "at": "t1"},
+        {"role": "system", "text": "be brief", "at": "t0", "participant": "ana"},
+        {"role": "user", "text": "hi", "at": "t1", "participant": "ana"},
     ]
 
     with caplog.at_level(logging.WARNING, logger="clara_voice"):
-        messages = await backend.get_recent_messages("c1", 10)
+        messages = await backend.get_recent_messages("c1", 10, participant="ana")
 
-    assert messages == [StoredMessage(role="user", text="hi", at="t1")]
+    assert messages == [StoredMessage(role="user", text="hi", at="t1", participant="ana")]
     [record] = caplog.records
     assert record.getMessage() == "backend messages with unknown roles skipped"
     assert record.skipped == 1  # type: ignore[attr-defined]
@@ -201,13 +208,34 @@ async def test_more_messages_than_asked_keeps_the_newest(
 ) -> None:
     server.answer(
         200,
-        '{"messages": [{"role": "user", "text": "a", "at": "1"},'
-        ' {"role": "assistant", "text": "b", "at": "2"}]}',
+        '{"messages": [{"role": "user", "text": "a", "at": "1", "participant": "ana"},'
+        ' {"role": "assistant", "text": "b", "at": "2", "participant": "ana"}]}',
     )
 
-    assert await backend.get_recent_messages("c1", 1) == [
-        StoredMessage(role="assistant", text="b", at="2")
+    assert await backend.get_recent_messages("c1", 1, participant="ana") == [
+        StoredMessage(role="assistant", text="b", at="2", participant="ana")
     ]
+
+
+async def test_a_backend_answering_other_participants_messages_never_leaks_them(
+    server: LoopbackBackend, backend: HttpBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression (issue 16, critical 1): history is per participant. A backend that
+    ignores the ``participant`` query and answers the whole conversation (or messages that
+    name nobody) must not put another person's words in this one's history."""
+    server.answer(
+        200,
+        '{"messages": [{"role": "user", "text": "my pin is 4711", "at": "1", "participant": "bo"},'
+        ' {"role": "user", "text": "no owner", "at": "2"},'
+        ' {"role": "user", "text": "mine", "at": "3", "participant": "ana"}]}',
+    )
+
+    with caplog.at_level(logging.WARNING, logger="clara_voice"):
+        messages = await backend.get_recent_messages("c1", 10, participant="ana")
+
+    assert [m.text for m in messages] == ["mine"]
+    [record] = caplog.records
+    assert record.dropped == 2  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("kind", ["turn", "participant", "session"])
@@ -244,10 +272,16 @@ async def test_delivered_turns_continue_the_conversation(
     await backend.deliver(turn(1, role="user", text="what time is it"))
     await backend.deliver(turn(2, role="assistant", text="noon"))
 
-    assert await backend.get_recent_messages(conversation_id, 10) == [
-        StoredMessage(role="user", text="what time is it", at="2025-01-01T00:00:01Z"),
-        StoredMessage(role="assistant", text="noon", at="2025-01-01T00:00:02Z"),
+    participant = turn(1).payload["participant"]
+    assert await backend.get_recent_messages(conversation_id, 10, participant=participant) == [
+        StoredMessage(
+            role="user", text="what time is it", at="2025-01-01T00:00:01Z", participant=participant
+        ),
+        StoredMessage(
+            role="assistant", text="noon", at="2025-01-01T00:00:02Z", participant=participant
+        ),
     ]
+    assert await backend.get_recent_messages(conversation_id, 10, participant="someone-else") == []
 
 
 async def test_base_path_is_kept(server: LoopbackBackend) -> None:
@@ -313,7 +347,7 @@ async def test_status_mapping(
         lambda: backend.agent_joined(room="room-1", conversation_id="c1"),
     ]
     if status != 404:  # an unknown conversation, for messages
-        calls.append(lambda: backend.get_recent_messages("c1", 5))
+        calls.append(lambda: backend.get_recent_messages("c1", 5, participant="ana"))
     server.answer(status, "the backend says no", count=len(calls))
 
     for call in calls:
@@ -410,7 +444,7 @@ async def test_dropped_reads_are_retryable(server: LoopbackBackend, backend: Htt
     # aiohttp retries an idempotent GET once on a cut connection, so cut it twice
     server.fail("drop", count=2)
 
-    assert (await failure(backend.get_recent_messages("c1", 5))).retryable
+    assert (await failure(backend.get_recent_messages("c1", 5, participant="ana"))).retryable
 
 
 @pytest.mark.parametrize(
@@ -454,7 +488,7 @@ async def test_invalid_messages_reply_is_not_retryable(
 ) -> None:
     server.answer(200, body)
 
-    error = await failure(backend.get_recent_messages("c1", 5))
+    error = await failure(backend.get_recent_messages("c1", 5, participant="ana"))
 
     assert not error.retryable
     assert "invalid response" in str(error)
@@ -629,7 +663,7 @@ async def stalled_backend(status: int, head: bytes) -> AsyncIterator[str]:
 
 def messages_body(size: int) -> bytes:
     """A valid messages reply of exactly ``size`` bytes: one message padded to fit."""
-    empty = b'{"messages": [{"role": "user", "text": "", "at": "t1"}]}'
+    empty = b'{"messages": [{"role": "user", "text": "", "at": "t1", "participant": "ana"}]}'
     return empty.replace(b'"text": ""', b'"text": "' + b"x" * (size - len(empty)) + b'"')
 
 
@@ -642,7 +676,7 @@ async def test_history_just_under_the_response_bound_is_loaded(
     assert len(body) == MAX_RESPONSE_BYTES
     server.answer(200, body.decode())
 
-    [message] = await backend.get_recent_messages("c1", 5)
+    [message] = await backend.get_recent_messages("c1", 5, participant="ana")
 
     assert message.role == "user"
     assert len(message.text) == MAX_RESPONSE_BYTES - len(messages_body(0))
@@ -661,7 +695,7 @@ async def test_a_reply_just_over_the_response_bound_is_invalid_and_not_read_whol
         HttpBackend(base_url, token=SecretStr(TOKEN), timeout=3.0) as backend,
     ):
         if call == "history":
-            error = await failure(backend.get_recent_messages("c1", 5))
+            error = await failure(backend.get_recent_messages("c1", 5, participant="ana"))
         else:
             error = await failure(backend.agent_joined(room="room-1", conversation_id="c1"))
 

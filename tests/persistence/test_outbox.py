@@ -35,7 +35,9 @@ class FakeBackend:
     async def agent_joined(self, *, room: str, conversation_id: str) -> str:
         return conversation_id
 
-    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
+    async def get_recent_messages(
+        self, conversation_id: str, limit: int, *, participant: str
+    ) -> list[StoredMessage]:
         return []
 
     async def deliver(self, record: OutboxRecord) -> None:

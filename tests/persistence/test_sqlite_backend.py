@@ -173,7 +173,9 @@ async def test_reopening_changes_nothing(db_path: Path) -> None:
         await backend.deliver(turn(0))
     before = schema(db_path)
     async with SQLiteBackend(db_path) as backend:
-        assert [m.text for m in await backend.get_recent_messages("c1", 10)] == ["message 0"]
+        assert [
+            m.text for m in await backend.get_recent_messages("c1", 10, participant="alice")
+        ] == ["message 0"]
     assert schema(db_path) == before
     assert query(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
 
@@ -193,7 +195,7 @@ async def test_a_version_1_database_is_migrated(db_path: Path, tmp_path: Path) -
 
     async with SQLiteBackend(db_path) as backend:
         await backend.deliver(turn(1))
-        recent = await backend.get_recent_messages("c1", 10)
+        recent = await backend.get_recent_messages("c1", 10, participant="alice")
 
     assert query(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert [m.text for m in recent] == ["from version 1", "message 1"]
@@ -243,14 +245,30 @@ async def test_recent_messages_are_the_last_ones_oldest_first(store: SQLiteBacke
         await store.deliver(turn(seq))
     await store.deliver(turn(0, conversation="other", session="s2"))
 
-    recent = await store.get_recent_messages("c1", 3)
+    recent = await store.get_recent_messages("c1", 3, participant="alice")
     assert [m.text for m in recent] == ["message 2", "message 3", "message 4"]
     assert recent[0] == StoredMessage(
-        role="user", text="message 2", at="2025-01-01T10:00:02.000000+00:00"
+        role="user", text="message 2", at="2025-01-01T10:00:02.000000+00:00", participant="alice"
     )
-    assert len(await store.get_recent_messages("c1", 100)) == 5
-    assert await store.get_recent_messages("c1", 0) == []
-    assert await store.get_recent_messages("unknown", 5) == []
+    assert len(await store.get_recent_messages("c1", 100, participant="alice")) == 5
+    assert await store.get_recent_messages("c1", 0, participant="alice") == []
+    assert await store.get_recent_messages("unknown", 5, participant="alice") == []
+
+
+async def test_history_is_per_participant(store: SQLiteBackend) -> None:
+    """Regression (issue 16, critical 1): each participant's history in a conversation is
+    its own; another's words are never loaded with it."""
+    await store.deliver(turn(0, text="alice's secret"))
+    await store.deliver(turn(0, session="s2", participant="bob", text="bob's question"))
+    await store.deliver(turn(1, session="s2", participant="bob", text="the answer to bob"))
+
+    alice = await store.get_recent_messages("c1", 10, participant="alice")
+    bob = await store.get_recent_messages("c1", 10, participant="bob")
+
+    assert [m.text for m in alice] == ["alice's secret"]
+    assert [m.text for m in bob] == ["bob's question", "the answer to bob"]
+    assert {m.participant for m in bob} == {"bob"}
+    assert await store.get_recent_messages("c1", 10, participant="carol") == []
 
 
 async def test_agent_joined_creates_or_confirms_the_conversation(

@@ -6,12 +6,17 @@ acknowledges them, and delivers them to the :class:`Backend` from one writer tas
 record has an idempotency ``key``, so a retry or a replay after a crash never stores a
 record twice: a backend must treat a key it has already stored as success.
 
+History is per participant per conversation: a room may hold several people, each with
+a private conversation with Clara, so a backend keeps the ``participant`` of every turn
+and loads history by (conversation, participant).
+
 Record kinds and their payloads (JSON objects):
 
 ``turn``
     ``{"conversation_id", "room", "session_id", "participant", "seq", "role", "text",
-    "at", "metrics"}`` — one user or assistant message; ``seq`` orders a session's
-    messages, ``at`` is ISO 8601 UTC, ``metrics`` holds the turn's latencies in seconds.
+    "at", "metrics"}`` — one user or assistant message of ``participant``'s conversation;
+    ``seq`` orders a session's messages, ``at`` is ISO 8601 UTC, ``metrics`` holds the
+    turn's latencies in seconds.
 ``participant``
     ``{"conversation_id", "room", "participant", "event", "at", "metadata"}`` with
     ``event`` ``"connected"`` or ``"disconnected"``.
@@ -70,6 +75,9 @@ class StoredMessage:
     role: Literal["user", "assistant"]
     text: str
     at: str
+    participant: str
+    """The identity whose conversation with Clara the message belongs to (the user's
+    words and Clara's answers to that user alike)."""
 
 
 class Backend(Protocol):
@@ -80,8 +88,12 @@ class Backend(Protocol):
         confirm the proposed one or answer its own)."""
         ...
 
-    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
-        """The last ``limit`` messages of a conversation, oldest first."""
+    async def get_recent_messages(
+        self, conversation_id: str, limit: int, *, participant: str
+    ) -> list[StoredMessage]:
+        """The last ``limit`` messages of ``participant``'s history in a conversation,
+        oldest first: its own words and Clara's answers to it, never another
+        participant's (history is per participant per conversation)."""
         ...
 
     async def deliver(self, record: OutboxRecord) -> None:

@@ -3,7 +3,8 @@
 The wire API is specified in ``docs/backend-api.md``; in short::
 
     POST {base}/agents/joined                        {"room", "conversation_id"}
-    GET  {base}/conversations/{id}/messages?limit=N  -> {"messages": [...]}, 404 = none
+    GET  {base}/conversations/{id}/messages?participant=P&limit=N
+                                                     -> {"messages": [...]}, 404 = none
     POST {base}/turns | /participant-events | /sessions   payload + "key",
          Idempotency-Key: <key, percent-encoded>; 2xx = stored, 409 = already stored
 
@@ -108,16 +109,25 @@ class HttpBackend(AsyncService):
             raise self._invalid("POST /agents/joined", "no conversation_id string")
         return answered
 
-    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
-        """``GET /conversations/{id}/messages?limit=N``, oldest first; [] when unknown (404).
+    async def get_recent_messages(
+        self, conversation_id: str, limit: int, *, participant: str
+    ) -> list[StoredMessage]:
+        """``GET /conversations/{id}/messages?participant=P&limit=N``, oldest first; []
+        when unknown (404).
 
-        Messages whose role is neither ``user`` nor ``assistant`` are skipped with a warning.
+        Only ``participant``'s own messages are kept: a message naming another participant
+        (or none: a backend that ignores the query) is dropped with a warning, so a backend
+        that answers the whole conversation never puts one person's words in another's
+        history. Messages whose role is neither ``user`` nor ``assistant`` are skipped too.
         """
-        if not conversation_id or limit <= 0:
+        if not conversation_id or not participant or limit <= 0:
             return []
         path = f"/conversations/{quote(conversation_id, safe='')}/messages"
         status, body = await self._request(
-            "GET", path, params={"limit": str(limit)}, accept=frozenset({404})
+            "GET",
+            path,
+            params={"participant": participant, "limit": str(limit)},
+            accept=frozenset({404}),
         )
         if status == 404:
             return []
@@ -125,7 +135,7 @@ class HttpBackend(AsyncService):
         if not isinstance(items, list):
             raise self._invalid(f"GET {path}", "no messages list")
         messages: list[StoredMessage] = []
-        skipped = 0
+        unknown_roles = others = 0
         for item in items:
             if not (
                 isinstance(item, dict)
@@ -134,14 +144,26 @@ class HttpBackend(AsyncService):
             ):
                 raise self._invalid(f"GET {path}", "a message without text and at strings")
             role = item.get("role")
-            if role == "user" or role == "assistant":
-                messages.append(StoredMessage(role=role, text=item["text"], at=item["at"]))
+            if item.get("participant") != participant:
+                others += 1
+            elif role == "user" or role == "assistant":
+                messages.append(
+                    StoredMessage(
+                        role=role, text=item["text"], at=item["at"], participant=participant
+                    )
+                )
             else:
-                skipped += 1
-        if skipped:
+                unknown_roles += 1
+        if unknown_roles:
             log.warning(
                 "backend messages with unknown roles skipped",
-                extra={"conversation_id": conversation_id, "skipped": skipped},
+                extra={"conversation_id": conversation_id, "skipped": unknown_roles},
+            )
+        if others:
+            log.warning(
+                "backend answered messages of other participants (or none named), dropped: "
+                "history is per participant (docs/backend-api.md)",
+                extra={"conversation_id": conversation_id, "dropped": others},
             )
         return messages[-limit:]  # a backend answering more than asked keeps the newest
 

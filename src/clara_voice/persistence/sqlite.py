@@ -10,7 +10,8 @@ Schema (version :data:`SCHEMA_VERSION`; JSON columns are checked with ``json_val
     conversations       id PK, room, created_at, updated_at (last activity)
     messages            one turn message: record_key UNIQUE, conversation_id -> conversations,
                         room, session_id, participant, seq, role ('user'|'assistant'),
-                        text, at, metrics JSON
+                        text, at, metrics JSON; read per (conversation_id, participant):
+                        each participant's history is its own
     participant_events  record_key UNIQUE, conversation_id, room, participant,
                         event ('connected'|'disconnected'), at, metadata JSON
     sessions            session summary: record_key UNIQUE, session_id, conversation_id,
@@ -130,6 +131,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE sessions ADD COLUMN first_seq INTEGER",
         "ALTER TABLE sessions ADD COLUMN last_seq INTEGER",
     ),
+    # 4: history is per participant per conversation: messages indexed in the order
+    #    get_recent_messages reads one participant's
+    (
+        "DROP INDEX messages_recent",
+        "CREATE INDEX messages_recent ON messages (conversation_id, participant, at, seq)",
+    ),
 )
 """Schema steps, oldest first: step ``i`` takes the database from version ``i`` to ``i + 1``."""
 
@@ -164,11 +171,16 @@ class SQLiteBackend(AsyncService):
         await self._call(functools.partial(self._db_touch, conversation, room, now()))
         return conversation
 
-    async def get_recent_messages(self, conversation_id: str, limit: int) -> list[StoredMessage]:
-        """The last ``limit`` turn messages of a conversation, oldest first."""
+    async def get_recent_messages(
+        self, conversation_id: str, limit: int, *, participant: str
+    ) -> list[StoredMessage]:
+        """The last ``limit`` messages of ``participant``'s history in a conversation,
+        oldest first."""
         if limit <= 0:
             return []
-        return await self._call(functools.partial(self._db_recent, conversation_id, limit))
+        return await self._call(
+            functools.partial(self._db_recent, conversation_id, participant, limit)
+        )
 
     async def deliver(self, record: OutboxRecord) -> None:
         """Store one record; a key already stored is success. Malformed: not retryable."""
@@ -235,17 +247,20 @@ class SQLiteBackend(AsyncService):
             _touch(conn, insert.conversation_id, insert.room, insert.at)
             conn.execute(insert.sql, insert.values)
 
-    def _db_recent(self, conversation_id: str, limit: int) -> list[StoredMessage]:
+    def _db_recent(self, conversation_id: str, participant: str, limit: int) -> list[StoredMessage]:
         rows = (
             self._db()
             .execute(
-                "SELECT role, text, at FROM messages WHERE conversation_id = ?"
+                "SELECT role, text, at FROM messages WHERE conversation_id = ? AND participant = ?"
                 " ORDER BY at DESC, seq DESC, id DESC LIMIT ?",
-                (conversation_id, limit),
+                (conversation_id, participant, limit),
             )
             .fetchall()
         )
-        return [StoredMessage(role=role, text=text, at=at) for role, text, at in reversed(rows)]
+        return [
+            StoredMessage(role=role, text=text, at=at, participant=participant)
+            for role, text, at in reversed(rows)
+        ]
 
 
 def _open(path: Path) -> sqlite3.Connection:
