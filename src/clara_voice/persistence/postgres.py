@@ -287,6 +287,10 @@ def translated(what: str, timeout: float) -> Iterator[None]:
 def translate(exc: Exception, what: str, *, timeout: float) -> BackendError | None:
     """``exc`` as a :class:`BackendError` saying whether retrying may help (module
     docstring); ``None`` when it is not an error of the database or the way to it."""
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(
+        exc.__context__, asyncpg.PostgresError
+    ):
+        exc = exc.__context__  # a transaction could not end after its statement failed: why
     if isinstance(exc, asyncpg.PostgresError):
         # the server's message alone: its detail may quote the row (a person's words)
         state = exc.sqlstate or "?"
