@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from clara_voice.persistence._postgres_schema import (
+    LOCK_KEY,
     MIGRATIONS,
     SCHEMA_VERSION,
     VERSION_TABLE,
@@ -113,6 +114,30 @@ async def test_workers_starting_together_migrate_once(postgres_dsn: SecretStr) -
         await asyncio.gather(*(b.aclose() for b in backends))
     assert await versions(postgres_dsn) == list(range(1, SCHEMA_VERSION + 1))
     assert await query(url(postgres_dsn), "SELECT count(*) FROM messages") == [(4,)]
+
+
+async def test_a_migration_held_up_is_bounded_and_tried_again(postgres_dsn: SecretStr) -> None:
+    """Another worker holds the migrations' lock (a long step): calls wait their own bound
+    while the opening goes on, the opening gives up at its bound, and the next call, once
+    the lock is free, migrates."""
+    holder = await asyncpg.connect(url(postgres_dsn), timeout=10)
+    await holder.execute("BEGIN")
+    await holder.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
+    backend = PostgresBackend(postgres_dsn, timeout=0.3, migrate_timeout=1.0)
+    try:
+        with pytest.raises(BackendError, match=r"did not store the record within 0.3s") as caught:
+            await backend.deliver(turn(0))
+        assert caught.value.retryable
+        with pytest.raises(BackendError, match=r"did not finish migrating within 1s") as caught:
+            await backend.start()  # waits for the same opening
+        assert caught.value.retryable
+        await holder.execute("ROLLBACK")
+        await backend.deliver(turn(0))
+        assert backend.migrated_from == 0
+    finally:
+        await backend.aclose()
+        await holder.close(timeout=10)
+    assert await versions(postgres_dsn) == list(range(1, SCHEMA_VERSION + 1))
 
 
 async def test_a_database_newer_than_the_build_is_refused(

@@ -208,11 +208,21 @@ class PostgresBackend(AsyncService):
             raise
 
     async def _open(self) -> Pool:
-        with translated("open the database", self._migrate_timeout):
-            async with asyncio.timeout(self._timeout) as bound, connection(self._dsn) as conn:
-                # connecting is bounded by the call timeout, migrating by its own bound
-                bound.reschedule(asyncio.get_running_loop().time() + self._migrate_timeout)
-                before = await migrate(conn)
+        with translated("open the database", self._timeout):
+            migrating = False
+            try:
+                async with asyncio.timeout(self._timeout) as bound, connection(self._dsn) as conn:
+                    # connecting is bounded by the call timeout, migrating by its own bound
+                    migrating = True
+                    bound.reschedule(asyncio.get_running_loop().time() + self._migrate_timeout)
+                    before = await migrate(conn)
+            except TimeoutError:
+                if not migrating:
+                    raise
+                raise BackendError(
+                    f"postgres did not finish migrating within {self._migrate_timeout:g}s",
+                    retryable=True,
+                ) from None
             pool: Pool = await asyncpg.create_pool(
                 self._dsn.get_secret_value(),
                 min_size=0,
