@@ -63,6 +63,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return port
 
 
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` of a server's log file (for the error saying it did not start)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no server log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def server_config(*, port: int, rtc_tcp: int, rtc_udp: int, secret: str) -> str:
     """The server's YAML (key names from livekit's pkg/config; unknown keys fail its start)."""
     return f"""\
@@ -161,11 +170,7 @@ class LiveKitServer:
         self._proc = None
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no server log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
     def token(
         self,

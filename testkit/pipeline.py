@@ -22,10 +22,10 @@ from livekit.agents.utils import http_context
 from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.agent.session import ParticipantSession
 from clara_voice.config import Settings, load_settings
+from clara_voice.persistence.factory import build_backend
 from clara_voice.states import SESSION_TYPE_ATTRIBUTE, SessionType
 from clara_voice.voice.assistant import ClaraAssistant
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
-from clara_voice.worker import build_backend
 from testkit.audio import (
     CaptureAudioOutput,
     CaptureTextOutput,

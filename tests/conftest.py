@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,10 +9,12 @@ from livekit.agents import JobContext, JobExecutorType, JobProcess
 from livekit.agents.job import JobAcceptArguments, RunningJobInfo
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models
+from pydantic import SecretStr
 
 from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import Settings, load_settings
 from testkit.fakes import FakePipelineFactory, FakeRoom
+from testkit.postgres import PostgresServer
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +87,22 @@ async def job_ctx(room: FakeRoom, shutdowns: list[str]) -> AsyncIterator[JobCont
     )
     yield ctx
     await ctx._on_cleanup()  # what livekit's job runner does after the shutdown callbacks
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (started by the first test that asks)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[SecretStr]:
+    """``CLARA_DATABASE_URL`` of a new empty database of its own, dropped after the test."""
+    if not postgres_server.running:  # a test that stopped it failed before starting it again
+        postgres_server.start()
+    name = postgres_server.create_database()
+    yield SecretStr(postgres_server.dsn(name))
+    if not postgres_server.running:
+        postgres_server.start()
+    postgres_server.drop_database(name)

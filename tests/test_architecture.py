@@ -32,7 +32,7 @@ SHARED = {
     "tokens",
 }
 """Modules at the top that every wing may use; they use no wing."""
-ENTRY = {"__main__", "worker", "web", "outbox_cli", "_livekit_worker"}
+ENTRY = {"__main__", "worker", "web", "outbox_cli", "db_cli", "_livekit_worker"}
 """Modules at the top that use the wings; nothing imports them."""
 MAY_USE: dict[str, set[str]] = {
     "agent": {"voice", "sync", "persistence"},
@@ -154,3 +154,19 @@ def test_the_benchmarks_share_the_test_kit_not_the_tests() -> None:
             )
             wrong += [f"{path.name} imports {n}" for n in names if n.split(".")[0] == "tests"]
     assert not wrong, wrong
+
+
+@pytest.mark.parametrize("command", ["clara_voice.outbox_cli", "clara_voice.db_cli"])
+def test_the_operator_commands_get_their_store_without_the_worker(command: str) -> None:
+    """The outbox and db commands build the store the settings name through
+    persistence/factory.py; the worker (livekit's server, the agent, the pipeline) is never
+    imported for that, directly or through another module."""
+    edges = graph()
+    seen, todo = set(), [command]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(edges.get(name, ()))
+    assert "clara_voice.persistence.factory" in seen or command.endswith("db_cli")
+    assert not {"clara_voice.worker", "clara_voice.agent", "clara_voice.voice"} & seen

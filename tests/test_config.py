@@ -106,3 +106,71 @@ def test_the_readme_documents_every_variable() -> None:
     readme = (REPO / "README.md").read_text()
     for field in Settings.model_fields:
         assert f"| `{Settings.env_name(field)}` |" in readme, Settings.env_name(field)
+
+
+# -- the PostgreSQL store ---------------------------------------------------------------------
+
+DB_PASSWORD = "pg-password-in-url-4KX"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (f"mysql://clara:{DB_PASSWORD}@db.example/clara", "must be a postgresql://"),
+        (f"postgresql://clara:{DB_PASSWORD}@/clara", "must name a host"),
+        (f"postgresql://clara:{DB_PASSWORD}@db.example", "must name a database"),
+        (f"postgresql://clara:{DB_PASSWORD}@db.example:99999/clara", "port that is not a number"),
+        (f"postgresql://clara:{DB_PASSWORD}@db.example/clara#x", "must not have a #fragment"),
+        (f"clara:{DB_PASSWORD}@db.example/clara", "must be a postgresql://"),
+    ],
+    ids=["scheme", "host", "database", "port", "fragment", "no-scheme"],
+)
+def test_a_bad_database_url_names_the_variable_and_never_shows_the_url(
+    url: str, expected: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(backend="postgres", database_url=url)
+    (line,) = caught.value.problems
+    assert line.startswith("invalid setting CLARA_DATABASE_URL: "), line
+    assert expected in line
+    assert DB_PASSWORD not in line and "db.example" not in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://clara:pw@db.example:5432/clara",
+        "postgres://clara@db.example/clara?sslmode=require",
+        "postgresql:///clara?host=/run/postgresql",
+        "postgresql://clara@db-a:5432,db-b:5432/clara?target_session_attrs=read-write",
+    ],
+    ids=["tcp", "postgres-scheme", "socket", "several-hosts"],
+)
+def test_a_database_url_names_a_host_or_socket_and_a_database(url: str) -> None:
+    settings = load_settings(backend="postgres", database_url=url)
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == url
+    assert url not in repr(settings)
+
+
+def test_postgres_without_a_database_url_is_refused_naming_both_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CLARA_BACKEND", "postgres")
+    monkeypatch.setenv("CLARA_DATABASE_URL", "")  # empty counts as unset
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert caught.value.problems == [
+        "invalid settings: CLARA_BACKEND=postgres needs CLARA_DATABASE_URL"
+    ]
+
+
+def test_the_database_password_is_hidden_in_every_line_once_loaded() -> None:
+    """The URL is a secret as a whole, and its password alone too (a driver's message
+    may quote it without the rest of the URL)."""
+    from clara_voice._redact import redact
+
+    load_settings(
+        backend="postgres", database_url=f"postgresql://clara:{DB_PASSWORD}@db.example/clara"
+    )
+    assert DB_PASSWORD not in redact(f"authentication failed with {DB_PASSWORD}")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clara_voice.persistence.sqlite import SQLiteBackend
-from clara_voice.worker import DB_FILENAME
+from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
 from testkit.worker import run_clara
 from tests.persistence.outbox_writer_proc import turn
 from tests.persistence.test_outbox import FakeBackend, drained, fast

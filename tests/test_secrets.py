@@ -14,6 +14,7 @@ and only settings whose names held "key" or "secret" were hidden.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -22,12 +23,17 @@ from pathlib import Path
 
 import pytest
 
+from clara_voice import db_cli, outbox_cli
+from clara_voice.config import Settings, load_settings
 from clara_voice.logging import build_formatter
+from clara_voice.persistence.factory import build_backend
+from clara_voice.persistence.outbox import Outbox
 from testkit.fakes import FakeRoom
 from testkit.loopback_backend import LoopbackBackend
 from testkit.loopback_livekit import LoopbackLiveKit
 from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
 from testkit.pipeline import TURN_TIMEOUT, running_harness, until
+from testkit.postgres import PostgresServer
 from testkit.worker import (
     DRAIN_BOUND,
     STARTUP_TIMEOUT,
@@ -36,6 +42,8 @@ from testkit.worker import (
     running_worker,
     worker_env,
 )
+from tests.persistence.outbox_writer_proc import turn
+from tests.test_outbox_cli import leave_dead_letters
 
 # each marker is the secret part of one setting; none may ever be written
 LIVEKIT_PASSWORD = "lk-url-password-7QX"
@@ -50,12 +58,13 @@ STT_PASSWORD, LLM_PASSWORD, TTS_PASSWORD = "stt-pass-7AH", "llm-pass-8BI", "tts-
 PROVIDER_QUERY = "provider-query-0DK"
 FALLBACK_KEY, FALLBACK_PASSWORD = "fallback-key-1EL", "fallback-pass-2FM"
 TYPO_SECRET = "typo-field-secret-3GN"
+DB_PASSWORD, DB_QUERY = "db-url-password-4HP", "db-url-query-5IQ"
 
 MARKERS = [
     *(LIVEKIT_PASSWORD, LIVEKIT_QUERY, LIVEKIT_KEY, LIVEKIT_SECRET, BACKEND_TOKEN),
     *(OPENAI_KEY, DEEPGRAM_KEY, STT_KEY, LLM_KEY, TTS_KEY),
     *(STT_PASSWORD, LLM_PASSWORD, TTS_PASSWORD, PROVIDER_QUERY),
-    *(FALLBACK_KEY, FALLBACK_PASSWORD, TYPO_SECRET),
+    *(FALLBACK_KEY, FALLBACK_PASSWORD, TYPO_SECRET, DB_PASSWORD, DB_QUERY),
 ]
 
 
@@ -125,6 +134,14 @@ BAD_VALUES = {
         "CLARA_STT_FALLBACKS": json.dumps([{"provider": "openai", "apikey": FALLBACK_KEY}]),
     },
     "an empty LiveKit secret beside every other secret": {"LIVEKIT_API_SECRET": ""},
+    "a database URL of the wrong scheme": {
+        "CLARA_BACKEND": "postgres",
+        "CLARA_DATABASE_URL": f"mysql://clara:{DB_PASSWORD}@db.example/c?sslpassword={DB_QUERY}",
+    },
+    "a database URL without a database, its password holding URL characters": {
+        "CLARA_BACKEND": "postgres",
+        "CLARA_DATABASE_URL": f"postgresql://clara:{DB_PASSWORD}/@#x@db.example?k={DB_QUERY}",
+    },
 }
 
 
@@ -254,6 +271,45 @@ async def test_refused_backend_and_provider_credentials_never_show_a_secret(
     output = rendered.getvalue()
     assert "401" in output
     assert_no_marker(output)
+
+
+# -- the PostgreSQL store: a server refusing the password, one out of reach -----------------
+
+
+async def test_a_database_refusing_or_out_of_reach_never_shows_a_secret(
+    tmp_path: Path,
+    rendered: io.StringIO,
+    capsys: pytest.CaptureFixture[str],
+    postgres_server: PostgresServer,
+) -> None:
+    """The worker's outbox delivering to it, and the operator's commands (``db status``,
+    ``db migrate``, ``outbox replay``), with a URL whose password and query are markers."""
+    data = tmp_path / "data"
+    await leave_dead_letters(data)
+    refusing = postgres_server.dsn("postgres", password=DB_PASSWORD) + f"?sslpassword={DB_QUERY}"
+    unreachable = f"postgresql://clara:{DB_PASSWORD}@127.0.0.1:{free_port()}/clara?k={DB_QUERY}"
+    for url, error in ((refusing, "28P01"), (unreachable, "out of reach")):
+        settings = load_settings(
+            data_dir=data, backend="postgres", database_url=url, backend_timeout=2
+        )
+        await deliver_one_turn(settings, tmp_path / "worker")
+        assert await asyncio.to_thread(db_cli.main, ["status"], settings) == 1
+        assert await asyncio.to_thread(db_cli.main, ["migrate"], settings) == 1
+        assert await asyncio.to_thread(outbox_cli.main, ["replay"], settings) == 1
+        printed = capsys.readouterr()
+        assert error in printed.err and error in rendered.getvalue()
+        assert_no_marker(printed.out + printed.err)
+    assert_no_marker(rendered.getvalue())
+
+
+async def deliver_one_turn(settings: Settings, data: Path) -> None:
+    """A worker's outbox delivering a turn to the settings' store, until it says the store
+    refused it."""
+    backend = build_backend(settings)
+    async with Outbox(data, backend, retry_base=0.01, flush_timeout=0) as outbox:
+        await outbox.put(turn("s9", 0))
+        await until(lambda: not outbox.stats.backend_up, timeout=10, what="the refusal")
+    await backend.aclose()
 
 
 # -- the outbox CLI ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def main() -> int:
     command = sys.argv[1:2]
     try:
         settings = load_settings()
-        if not {"download-files", "outbox", "web"} & set(command):
+        if not {"download-files", "outbox", "web", "db"} & set(command):
             check_providers(settings)
     except SettingsError as exc:
         for problem in exc.problems:
@@ -38,6 +38,10 @@ def main() -> int:
         from clara_voice.outbox_cli import main as outbox
 
         return outbox(sys.argv[2:], settings)
+    if command == ["db"]:
+        from clara_voice.db_cli import main as db
+
+        return db(sys.argv[2:], settings)
     if command == ["web"]:
         from clara_voice.web import main as web
 

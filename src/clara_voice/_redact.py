@@ -65,9 +65,12 @@ def remember_secrets(secrets: Iterable[str]) -> None:
 
 def secrets_in(value: Any) -> Iterator[str]:
     """The secrets a settings object holds: its ``SecretStr`` values, and the password and
-    query values of every URL among its strings (nested models and lists included)."""
+    query values of every URL among its strings and secrets (nested models and lists
+    included)."""
     if isinstance(value, SecretStr):
-        yield value.get_secret_value()
+        secret = value.get_secret_value()
+        yield secret
+        yield from secrets_in(secret)  # a secret URL's password too, wherever it shows alone
     elif isinstance(value, BaseModel):
         for name in type(value).model_fields:
             yield from secrets_in(getattr(value, name))

@@ -8,7 +8,7 @@ variable, the value given (left out when it may be a secret) and what is wrong w
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from pydantic import ValidationError
 
@@ -27,11 +27,15 @@ class SettingsError(Exception):
         self.problems = problems
 
 
-def describe(exc: ValidationError, env_names: Mapping[str, str]) -> list[str]:
+def describe(
+    exc: ValidationError, env_names: Mapping[str, str], *, secret: Collection[str] = ()
+) -> list[str]:
     """One line per invalid variable: its name, the value given (unless it may be secret)
-    and what is wrong. ``env_names`` maps each field to its variable."""
+    and what is wrong. ``env_names`` maps each field to its variable; the values of the
+    ``secret`` fields are never shown."""
     env_for_loc = dict(env_names)
     env_for_loc.update({env: env for env in env_for_loc.values()})
+    secret_keys = {*secret, *(env_names[name] for name in secret if name in env_names)}
     problems = []
     for error in exc.errors(include_url=False):
         if not error["loc"]:  # a check across settings: its message names the variables
@@ -46,6 +50,7 @@ def describe(exc: ValidationError, env_names: Mapping[str, str]) -> list[str]:
         given = error.get("input")
         hidden = (
             isinstance(given, (dict, list))
+            or key in secret_keys
             or any(word in variable.lower() for word in ("secret", "key", "token"))
             # inside a list setting, only the fields known to hold no secret are shown
             or (len(error["loc"]) > 1 and error["loc"][-1] not in _PLAIN_FIELDS)

@@ -1,9 +1,9 @@
-"""The URLs a setting may hold, checked: LiveKit's, and the HTTP backend's."""
+"""The URLs a setting may hold, checked: LiveKit's, the HTTP backend's, PostgreSQL's."""
 
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import ParseResult, urlparse
+from urllib.parse import ParseResult, parse_qs, urlparse
 
 
 def check_livekit_url(value: str) -> str:
@@ -24,6 +24,31 @@ def check_http_url(value: str, *, credentials: str) -> str:
         raise ValueError("must be an http:// or https:// URL with a host")
     _check_bare(parsed, credentials)
     return value.rstrip("/")
+
+
+def check_postgres_url(value: str) -> None:
+    """Raise unless ``value`` is a ``postgresql://`` (or ``postgres://``) URL naming a host
+    (or a socket directory, ``?host=/run/postgresql``) and a database. It may carry a
+    password: no message here repeats the value."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// (or postgres://) URL")
+    query = parse_qs(parsed.query)
+    host = parsed.netloc.rpartition("@")[2]
+    if not (host.strip(":,") or query.get("host")):
+        raise ValueError(
+            "must name a host (postgresql://host:5432/clara) or a socket directory "
+            "(postgresql:///clara?host=/run/postgresql)"
+        )
+    if "," not in host:  # several hosts: the driver checks each
+        try:
+            _ = parsed.port  # parsing it is the check
+        except ValueError:
+            raise ValueError("has a port that is not a number from 1 to 65535") from None
+    if not (parsed.path.strip("/") or query.get("dbname") or query.get("database")):
+        raise ValueError("must name a database (postgresql://host:5432/clara)")
+    if parsed.fragment:
+        raise ValueError("must not have a #fragment")
 
 
 def _check_bare(parsed: ParseResult, credentials: str) -> None:
@@ -52,6 +77,7 @@ def is_plain_http_elsewhere(url: str) -> bool:
 __all__ = [
     "check_http_url",
     "check_livekit_url",
+    "check_postgres_url",
     "is_loopback",
     "is_plain_http_elsewhere",
 ]

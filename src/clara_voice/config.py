@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     Field,
@@ -50,10 +50,22 @@ class Settings(ServiceSettings):
     data_dir: Path = Field(
         default=Path("./data"), description="Where the embedded store and outbox live."
     )
-    backend: Literal["sqlite", "http"] = Field(
+    backend: Literal["sqlite", "postgres", "http"] = Field(
         default="sqlite",
-        description="Where conversations are stored: `sqlite` (`<data dir>/clara.db`) or `http` "
-        "(a team's own backend, see docs/backend-api.md).",
+        description="Where conversations are stored: `sqlite` (`<data dir>/clara.db`, one "
+        "machine), `postgres` (`CLARA_DATABASE_URL`, a fleet) or `http` (a team's own "
+        "backend, docs/backend-api.md).",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL (with `CLARA_BACKEND=postgres`), e.g. "
+        "`postgresql://user:password@host:5432/clara`.",
+    )
+    database_pool_max: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Most connections to PostgreSQL per job process (docs/operations.md).",
     )
     backend_url: str | None = Field(
         default=None, description="Base URL of the HTTP backend (with `CLARA_BACKEND=http`)."
@@ -66,7 +78,8 @@ class Settings(ServiceSettings):
         description="Send the token over plain `http://` to a host other than this machine.",
     )
     backend_timeout: PositiveSeconds = Field(
-        default=5.0, description="Seconds before an HTTP backend request counts as failed."
+        default=5.0,
+        description="Seconds before a backend request counts as failed.",
     )
     history_messages: int = Field(
         default=20,
@@ -271,12 +284,20 @@ class Settings(ServiceSettings):
         secret = "BACKEND_TOKEN" if kind == "backend" else f"{kind.upper()}_API_KEY"
         return _urls.check_http_url(value, credentials=ENV_PREFIX + secret)
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _urls.check_postgres_url(value.get_secret_value())
+        return value
+
     @field_validator(
         "prometheus_port",
         "num_idle_processes",
         "load_threshold",
         "web_livekit_url",
         "web_room",
+        "database_url",
         mode="before",
     )
     @classmethod
@@ -316,6 +337,8 @@ class Settings(ServiceSettings):
     def _check_backend(self) -> Settings:
         if self.backend == "http" and not self.backend_url:
             raise ValueError("CLARA_BACKEND=http needs CLARA_BACKEND_URL")
+        if self.backend == "postgres" and self.database_url is None:
+            raise ValueError("CLARA_BACKEND=postgres needs CLARA_DATABASE_URL")
         if self.backend_token_in_clear() and not self.backend_allow_insecure_http:
             raise ValueError(
                 "CLARA_BACKEND_URL is plain http:// to another host: CLARA_BACKEND_TOKEN "
@@ -349,11 +372,19 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         settings = Settings(**init)
     except ValidationError as exc:
-        raise SettingsError(describe(exc, names)) from None
+        raise SettingsError(describe(exc, names, secret=_SECRET_FIELDS)) from None
     except UnparsableSetting as exc:  # e.g. CLARA_LLM_FALLBACKS that is not JSON
         raise SettingsError(describe_unparsable(exc, names)) from None
     remember_secrets(secrets_in(settings))  # hidden from every line written from now on
     return settings
+
+
+_SECRET_FIELDS = frozenset(
+    name
+    for name, info in Settings.model_fields.items()
+    if SecretStr in (info.annotation, *get_args(info.annotation))
+)
+"""Fields whose refused value is never shown (a database URL carries its password)."""
 
 
 def _init_key(field: str) -> str:

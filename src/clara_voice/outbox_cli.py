@@ -22,8 +22,8 @@ from pathlib import Path
 from clara_voice._redact import redact
 from clara_voice.config import Settings
 from clara_voice.persistence.dead_letters import dead_letters, outbox_files, replay
+from clara_voice.persistence.factory import build_backend
 from clara_voice.persistence.outbox import OUTBOX_DIRNAME
-from clara_voice.worker import build_backend
 
 
 def main(argv: Sequence[str], settings: Settings) -> int:

@@ -50,9 +50,7 @@ from clara_voice._livekit_worker import (
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from clara_voice.config import Settings
 from clara_voice.logging import RenderFormat, configure_logging, get_logger
-from clara_voice.persistence import Backend
-from clara_voice.persistence.http import HttpBackend
-from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
+from clara_voice.persistence.factory import build_backend
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
 from clara_voice.voice.seams import PipelineFactory
 
@@ -341,16 +339,6 @@ async def _close_agent(ctx: JobContext) -> None:
     agent = ctx.proc.userdata.get(AGENTS_USERDATA_KEY, {}).pop(ctx.job.id, None)
     if agent is not None:
         await agent.aclose()
-
-
-def build_backend(settings: Settings) -> Backend:
-    """The conversation store: the embedded SQLite file or a team's backend over HTTP."""
-    if settings.backend == "http":
-        assert settings.backend_url is not None  # Settings refuses http without a URL
-        return HttpBackend(
-            settings.backend_url, token=settings.backend_token, timeout=settings.backend_timeout
-        )
-    return SQLiteBackend(settings.data_dir / DB_FILENAME)
 
 
 def build_pipeline_factory(settings: Settings, proc: JobProcess) -> PipelineFactory:

@@ -1,8 +1,9 @@
 """A job process that dies holding acknowledged records (run by test_crash_recovery).
 
-``python -m tests.outbox_writer_proc <data dir> <sessions> <turns>`` opens an
-:class:`~clara_voice.persistence.outbox.Outbox` on ``<data dir>`` whose backend is down
-(every delivery fails, retryably), then puts ``<turns>`` numbered turn records for each
+``python -m tests.outbox_writer_proc <data dir> <sessions> <turns> [<database URL>]``
+opens an :class:`~clara_voice.persistence.outbox.Outbox` on ``<data dir>`` whose backend is
+down (every delivery fails, retryably), or, given a PostgreSQL URL, the real store there
+(records are delivered as they come), then puts ``<turns>`` numbered turn records for each
 of ``<sessions>`` sessions, one writer task per session, and prints each record's key to
 stdout (flushed) as soon as its ``put`` returns, i.e. once it is acknowledged. It then
 waits, holding its outbox, until it is killed.
@@ -14,8 +15,11 @@ import asyncio
 import sys
 from pathlib import Path
 
-from clara_voice.persistence.base import BackendError, OutboxRecord, StoredMessage
+from pydantic import SecretStr
+
+from clara_voice.persistence.base import Backend, BackendError, OutboxRecord, StoredMessage
 from clara_voice.persistence.outbox import Outbox
+from clara_voice.persistence.postgres import PostgresBackend
 
 
 class DownBackend:
@@ -55,8 +59,11 @@ def turn(session: str, seq: int) -> OutboxRecord:
     )
 
 
-async def main(directory: Path, sessions: int, turns: int) -> None:
-    outbox = Outbox(directory, DownBackend(), retry_base=0.05, retry_max=0.2, sweep_interval=None)
+async def main(directory: Path, sessions: int, turns: int, database_url: str | None) -> None:
+    backend: Backend = (
+        PostgresBackend(SecretStr(database_url)) if database_url is not None else DownBackend()
+    )
+    outbox = Outbox(directory, backend, retry_base=0.05, retry_max=0.2, sweep_interval=None)
     await outbox.start()
 
     async def write(session: str) -> None:
@@ -71,4 +78,5 @@ async def main(directory: Path, sessions: int, turns: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
+    url = sys.argv[4] if len(sys.argv) > 4 else None
+    asyncio.run(main(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), url))

@@ -20,6 +20,7 @@ import clara_voice
 from clara_voice.persistence.base import BackendError, OutboxRecord, RecordKind, StoredMessage
 from clara_voice.persistence.http import MAX_RESPONSE_BYTES, RECORD_PATHS, HttpBackend
 from testkit.loopback_backend import LoopbackBackend
+from tests.persistence.records import participant_event, session_summary
 
 TOKEN = "tok-5f1d9c0e-very-secret"
 
@@ -50,40 +51,6 @@ def turn(seq: int, *, role: str = "user", text: str = "hello", session: str = "s
             "text": text,
             "at": f"2025-01-01T00:00:{seq:02d}Z",
             "metrics": {"llm_ttft": 0.25},
-        },
-    )
-
-
-def participant_event() -> OutboxRecord:
-    return OutboxRecord(
-        key="participant:room-1:alice:connected:1",
-        kind="participant",
-        payload={
-            "conversation_id": "c1",
-            "room": "room-1",
-            "participant": "alice",
-            "event": "connected",
-            "at": "2025-01-01T00:00:00Z",
-            "metadata": {"lang": "en"},
-        },
-    )
-
-
-def session_summary() -> OutboxRecord:
-    return OutboxRecord(
-        key="session:s1",
-        kind="session",
-        payload={
-            "conversation_id": "c1",
-            "room": "room-1",
-            "session_id": "s1",
-            "participant": "alice",
-            "message_count": 2,
-            "participants": [{"identity": "alice"}],
-            "messages": [{"role": "user", "text": "hi"}, {"role": "assistant", "text": "hello"}],
-            "started_at": "2025-01-01T00:00:00Z",
-            "ended_at": "2025-01-01T00:01:00Z",
-            "duration_s": 60.0,
         },
     )
 

@@ -1,4 +1,5 @@
-"""The embedded SQLite store: schema and migrations, idempotent delivery, reads."""
+"""The embedded SQLite store: its schema and migrations, WAL mode, its thread. The Backend
+contract both stores keep is in test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from clara_voice.persistence.base import BackendError, OutboxRecord, StoredMessage
+from clara_voice.persistence.base import BackendError
 from clara_voice.persistence.sqlite import (
     DB_FILENAME,
     MIGRATIONS,
@@ -18,6 +19,8 @@ from clara_voice.persistence.sqlite import (
     THREAD_NAME,
     SQLiteBackend,
 )
+from tests.persistence.records import sqlite_rows as query
+from tests.persistence.records import turn
 
 # version 1 exactly as it first shipped, written out by hand (not taken from MIGRATIONS)
 V1_SCHEMA = """
@@ -67,66 +70,6 @@ CREATE TABLE sessions (
 CREATE INDEX sessions_by_conversation ON sessions (conversation_id);
 PRAGMA user_version = 1;
 """
-
-
-def turn(
-    seq: int, /, *, conversation: str = "c1", session: str = "s1", **changes: Any
-) -> OutboxRecord:
-    """A turn record; ``changes`` replace payload fields (``seq`` included)."""
-    payload = {
-        "conversation_id": conversation,
-        "room": "room-1",
-        "session_id": session,
-        "participant": "alice",
-        "seq": seq,
-        "role": "user" if seq % 2 == 0 else "assistant",
-        "text": f"message {seq}",
-        "at": f"2025-01-01T10:00:{seq:02d}+00:00",
-        "metrics": {"e2e_s": 0.8},
-    } | changes
-    return OutboxRecord(key=f"turn:{session}:{seq}", kind="turn", payload=payload)
-
-
-def participant_event(event: str = "connected") -> OutboxRecord:
-    return OutboxRecord(
-        key=f"participant:c1:alice:{event}",
-        kind="participant",
-        payload={
-            "conversation_id": "c1",
-            "room": "room-1",
-            "participant": "alice",
-            "event": event,
-            "at": "2025-01-01T10:00:00+00:00",
-            "metadata": "",
-        },
-    )
-
-
-def session_summary() -> OutboxRecord:
-    return OutboxRecord(
-        key="session:s1",
-        kind="session",
-        payload={
-            "conversation_id": "c1",
-            "room": "room-1",
-            "session_id": "s1",
-            "participant": "alice",
-            "message_count": 2,
-            "participants": [{"identity": "alice"}],
-            "messages": [{"role": "user", "text": "hi"}],
-            "started_at": "2025-01-01T10:00:00+00:00",
-            "ended_at": "2025-01-01T10:05:00+00:00",
-            "duration_s": 300.0,
-        },
-    )
-
-
-def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def schema(path: Path) -> dict[str, Any]:
@@ -226,84 +169,6 @@ async def test_a_database_newer_than_the_build_is_refused(db_path: Path) -> None
 
 async def test_the_file_is_in_wal_mode(store: SQLiteBackend, db_path: Path) -> None:
     assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
-
-
-async def test_delivery_is_idempotent_by_key(store: SQLiteBackend, db_path: Path) -> None:
-    for record in (turn(0), participant_event(), session_summary()):
-        await store.deliver(record)
-        await store.deliver(record)
-    await store.deliver(turn(0, text="a retry with other text"))
-
-    assert query(db_path, "SELECT record_key, text FROM messages") == [("turn:s1:0", "message 0")]
-    assert query(db_path, "SELECT count(*) FROM participant_events") == [(1,)]
-    assert query(db_path, "SELECT count(*) FROM sessions") == [(1,)]
-    assert query(db_path, "SELECT id, room FROM conversations") == [("c1", "room-1")]
-
-
-async def test_recent_messages_are_the_last_ones_oldest_first(store: SQLiteBackend) -> None:
-    for seq in (3, 0, 4, 1, 2):  # delivery order is not the conversation's order
-        await store.deliver(turn(seq))
-    await store.deliver(turn(0, conversation="other", session="s2"))
-
-    recent = await store.get_recent_messages("c1", 3, participant="alice")
-    assert [m.text for m in recent] == ["message 2", "message 3", "message 4"]
-    assert recent[0] == StoredMessage(
-        role="user", text="message 2", at="2025-01-01T10:00:02.000000+00:00", participant="alice"
-    )
-    assert len(await store.get_recent_messages("c1", 100, participant="alice")) == 5
-    assert await store.get_recent_messages("c1", 0, participant="alice") == []
-    assert await store.get_recent_messages("unknown", 5, participant="alice") == []
-
-
-async def test_history_is_per_participant(store: SQLiteBackend) -> None:
-    """Regression (issue 16, critical 1): each participant's history in a conversation is
-    its own; another's words are never loaded with it."""
-    await store.deliver(turn(0, text="alice's secret"))
-    await store.deliver(turn(0, session="s2", participant="bob", text="bob's question"))
-    await store.deliver(turn(1, session="s2", participant="bob", text="the answer to bob"))
-
-    alice = await store.get_recent_messages("c1", 10, participant="alice")
-    bob = await store.get_recent_messages("c1", 10, participant="bob")
-
-    assert [m.text for m in alice] == ["alice's secret"]
-    assert [m.text for m in bob] == ["bob's question", "the answer to bob"]
-    assert {m.participant for m in bob} == {"bob"}
-    assert await store.get_recent_messages("c1", 10, participant="carol") == []
-
-
-async def test_agent_joined_creates_or_confirms_the_conversation(
-    store: SQLiteBackend, db_path: Path
-) -> None:
-    assert await store.agent_joined(room="room-1", conversation_id="c1") == "c1"
-    assert await store.agent_joined(room="room-1", conversation_id="c1") == "c1"
-    new = await store.agent_joined(room="room-2", conversation_id="")
-    assert new and new != "c1"
-    assert sorted(query(db_path, "SELECT id, room FROM conversations")) == sorted(
-        [("c1", "room-1"), (new, "room-2")]
-    )
-
-
-@pytest.mark.parametrize(
-    "record",
-    [
-        turn(0, role="system"),
-        turn(0, seq="zero"),
-        turn(0, at="yesterday"),
-        turn(0, text=None),
-        turn(0, metrics=[1, 2]),
-        OutboxRecord(key="turn:x", kind="turn", payload={"room": "r"}),
-        participant_event("left"),
-        OutboxRecord(key="k", kind="unknown", payload={"conversation_id": "c", "room": "r"}),  # type: ignore[arg-type]
-    ],
-    ids=["role", "seq", "at", "text", "metrics", "missing", "event", "kind"],
-)
-async def test_a_malformed_record_is_refused_for_good(
-    store: SQLiteBackend, db_path: Path, record: OutboxRecord
-) -> None:
-    with pytest.raises(BackendError) as caught:
-        await store.deliver(record)
-    assert not caught.value.retryable
-    assert query(db_path, "SELECT count(*) FROM messages") == [(0,)]
 
 
 async def test_aclose_is_idempotent_and_stops_the_thread(db_path: Path) -> None:

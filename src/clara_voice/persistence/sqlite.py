@@ -48,12 +48,13 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from clara_voice._lifecycle import AsyncService
 from clara_voice.logging import get_logger
-from clara_voice.persistence._sqlite_records import Insert, now, prepare
+from clara_voice.persistence._records import Row, check_names, insert_sql, iso, now, parse
 from clara_voice.persistence._sqlite_tx import transaction
 from clara_voice.persistence.base import BackendError, OutboxRecord, StoredMessage
 
@@ -165,10 +166,9 @@ class SQLiteBackend(AsyncService):
 
     async def agent_joined(self, *, room: str, conversation_id: str) -> str:
         """Create or confirm the conversation row; an empty id gets a new one."""
-        if not isinstance(room, str) or not isinstance(conversation_id, str):
-            raise BackendError("room and conversation_id must be strings", retryable=False)
+        check_names(room, conversation_id)
         conversation = conversation_id or uuid.uuid4().hex
-        await self._call(functools.partial(self._db_touch, conversation, room, now()))
+        await self._call(functools.partial(self._db_touch, conversation, room, iso(now())))
         return conversation
 
     async def get_recent_messages(
@@ -184,8 +184,8 @@ class SQLiteBackend(AsyncService):
 
     async def deliver(self, record: OutboxRecord) -> None:
         """Store one record; a key already stored is success. Malformed: not retryable."""
-        insert = prepare(record)
-        await self._call(functools.partial(self._db_insert, insert))
+        row = parse(record)
+        await self._call(functools.partial(self._db_insert, row))
 
     async def aclose(self) -> None:
         """Close the file and stop the thread; idempotent."""
@@ -241,11 +241,12 @@ class SQLiteBackend(AsyncService):
         with transaction(self._db()):
             _touch(self._db(), conversation_id, room, at)
 
-    def _db_insert(self, insert: Insert) -> None:
+    def _db_insert(self, row: Row) -> None:
         conn = self._db()
+        values = tuple(iso(v) if isinstance(v, datetime) else v for v in row.values)
         with transaction(conn):
-            _touch(conn, insert.conversation_id, insert.room, insert.at)
-            conn.execute(insert.sql, insert.values)
+            _touch(conn, row.conversation_id, row.room, iso(row.at))
+            conn.execute(insert_sql(row, lambda _: "?"), values)
 
     def _db_recent(self, conversation_id: str, participant: str, limit: int) -> list[StoredMessage]:
         rows = (
