@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from testkit.livekit_server import LiveKitServer, ServerMissingError
+from testkit.livekit_server import LiveKitFleet, LiveKitServer, ServerMissingError
 from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
 from testkit.network import Outage, outage_unavailable
+from testkit.redis_server import RedisMissingError
 from testkit.worker import (
     STARTUP_TIMEOUT,
     WorkerProcess,
@@ -36,10 +37,14 @@ PRIVATE_NETWORK_HINT = (
 )
 
 
-@pytest.fixture(scope="session")
-def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+def _require_private_network() -> None:
     if os.environ.get("CLARA_PRIVATE_NET") != "1" and not os.environ.get("CLARA_E2E_HOST_NETWORK"):
         pytest.fail(PRIVATE_NETWORK_HINT, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    _require_private_network()
     try:
         server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
         server.start()
@@ -49,6 +54,22 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def livekit_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitFleet]:
+    """Two livekit-server nodes in multi-node mode sharing a Redis server (one per test
+    session; a test that stops a node starts a fleet of its own)."""
+    _require_private_network()
+    fleet = LiveKitFleet(tmp_path_factory.mktemp("fleet"))
+    try:
+        fleet.start()
+    except (ServerMissingError, RedisMissingError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
 
 
 @pytest.fixture
