@@ -110,6 +110,16 @@ def test_the_worker_is_signalled_itself_and_orphans_are_reaped(minimal: list[Man
     assert pod["shareProcessNamespace"] is True
 
 
+def test_a_rolling_update_replaces_one_worker_at_a_time(minimal: list[Manifest]) -> None:
+    spec = the(minimal, "StatefulSet")["spec"]
+    assert spec["updateStrategy"] == {"type": "RollingUpdate"}  # one pod at a time
+    # the next pod drains only after the new one had time to register with LiveKit
+    assert (
+        spec["minReadySeconds"]
+        >= container(the(minimal, "StatefulSet"), "worker")["livenessProbe"]["initialDelaySeconds"]
+    )
+
+
 # -- credentials -----------------------------------------------------------------------
 
 

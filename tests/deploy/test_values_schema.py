@@ -4,6 +4,7 @@ typo or a value the worker would refuse stops `helm install` with a line naming 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jsonschema
@@ -62,3 +63,25 @@ def test_bad_values_stop_the_install_naming_them(sets: dict[str, object], named:
     with pytest.raises(RenderError, match="schema") as caught:
         render(values_file("minimal"), sets=sets)
     assert named in str(caught.value)
+
+
+def test_every_value_is_in_the_operators_table() -> None:
+    """docs/operations.md's table of the chart's values names each value (or the object it
+    belongs to, for pass-through objects such as resources)."""
+    docs = (CHART.parents[2] / "docs" / "operations.md").read_text(encoding="utf-8")
+    table = docs[docs.index("#### Kubernetes: the Helm chart") :]
+    named = set(re.findall(r"`([A-Za-z][\w.]*)`", table))
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+
+    def leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
+        found = []
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            found += leaves(value, f"{path}.") if isinstance(value, dict) and value else [path]
+        return found
+
+    def documented(path: str) -> bool:
+        parts = path.split(".")
+        return any(".".join(parts[:i]) in named for i in range(len(parts), 0, -1))
+
+    assert [p for p in leaves(defaults) if not documented(p)] == []
