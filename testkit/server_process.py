@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
+GRACE_TIMEOUT = 3.0
 STOP_TIMEOUT = 10.0
 
 
@@ -77,15 +78,22 @@ class ServerProcess:
             time.sleep(0.05)  # polling a subprocess that offers no readiness event
 
     def stop(self) -> None:
-        """End the process (safe to call twice)."""
+        """End the process (safe to call twice): SIGTERM; a second one if it is still
+        running after GRACE_TIMEOUT (livekit-server takes it as "now": a node stopped just
+        after it started can otherwise sit out its whole graceful shutdown); SIGKILL after
+        STOP_TIMEOUT."""
         if self._proc is None:
             return
         self._proc.terminate()
         try:
-            self._proc.wait(STOP_TIMEOUT)
+            self._proc.wait(GRACE_TIMEOUT)
         except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
+            self._proc.terminate()
+            try:
+                self._proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
         self._proc = None
 
     def log_text(self) -> str:
