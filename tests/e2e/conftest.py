@@ -1,9 +1,12 @@
-"""Fixtures of the end-to-end tests: a real livekit-server (one per test session), the
-provider loopback peers, and the real worker as a subprocess (one per test).
+"""Fixtures of the end-to-end tests: a real livekit-server (one per test session), a fleet
+of two livekit-server nodes in multi-node mode sharing a Redis server (one per test
+session, started by the first test that asks for it), the provider loopback peers, and
+the real worker as a subprocess (one per test).
 
 These tests need the private network of ``scripts/private-net`` (``make check`` runs the
 suite inside it), or, on a machine with a real network interface, ``CLARA_E2E_HOST_NETWORK=1``;
-and the livekit-server binary of ``scripts/livekit-server``. Without either they fail with
+and the livekit-server binary of ``scripts/livekit-server`` (the fleet also Debian's
+``redis-server``). Without either they fail with
 one line saying how to get it; they never skip.
 """
 
