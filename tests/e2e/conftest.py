@@ -40,14 +40,26 @@ PRIVATE_NETWORK_HINT = (
 )
 
 
-def _require_private_network() -> None:
+@pytest.fixture(scope="session")
+def private_network() -> None:
+    """Fails unless the tests run in the private network (session scope: checked before the
+    suite's per-test fixture clears the CLARA_* variables)."""
     if os.environ.get("CLARA_PRIVATE_NET") != "1" and not os.environ.get("CLARA_E2E_HOST_NETWORK"):
         pytest.fail(PRIVATE_NETWORK_HINT, pytrace=False)
 
 
+def _started(fleet: LiveKitFleet) -> LiveKitFleet:
+    try:
+        fleet.start()
+    except (ServerMissingError, RedisMissingError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return fleet
+
+
 @pytest.fixture(scope="session")
-def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
-    _require_private_network()
+def livekit_server(
+    private_network: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveKitServer]:
     try:
         server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
         server.start()
@@ -60,19 +72,38 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
 
 
 @pytest.fixture(scope="session")
-def livekit_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitFleet]:
+def livekit_fleet(
+    private_network: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveKitFleet]:
     """Two livekit-server nodes in multi-node mode sharing a Redis server (one per test
-    session; a test that stops a node starts a fleet of its own)."""
-    _require_private_network()
-    fleet = LiveKitFleet(tmp_path_factory.mktemp("fleet"))
-    try:
-        fleet.start()
-    except (ServerMissingError, RedisMissingError) as exc:
-        pytest.fail(str(exc), pytrace=False)
+    session; a test that stops or breaks a node makes a fleet of its own with
+    ``new_fleet``)."""
+    fleet = _started(LiveKitFleet(tmp_path_factory.mktemp("fleet")))
     try:
         yield fleet
     finally:
         fleet.stop()
+
+
+NewFleet = Callable[..., LiveKitFleet]
+
+
+@pytest.fixture
+def new_fleet(private_network: None, tmp_path: Path) -> Iterator[NewFleet]:
+    """Makes fleets of the test's own: ``new_fleet(nodes=2, start=True)``; every one is
+    stopped when the test ends."""
+    fleets: list[LiveKitFleet] = []
+
+    def make(*, nodes: int = 2, start: bool = True) -> LiveKitFleet:
+        fleet = LiveKitFleet(tmp_path / f"fleet-{len(fleets)}", nodes=nodes)
+        fleets.append(fleet)
+        return _started(fleet) if start else fleet
+
+    try:
+        yield make
+    finally:
+        for fleet in fleets:
+            fleet.stop()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """LiveKit's multi-node mode, the harness the fleet tests stand on: two livekit-server
 nodes sharing a Redis server (testkit.livekit_server.LiveKitFleet), and one room reached
-through both of them.
+through both of them; and the harness's own lifecycle: a fleet leaves no process behind,
+whether it stops or fails to start.
 
 The room is placed on node B through the server API (``CreateRoom`` with a node id), so
 that Alice, who connects through node A, is relayed there through Redis, while Bob
@@ -10,12 +11,16 @@ connects to node B directly; each sees the other and hears the other's microphon
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 
 import numpy as np
+import pytest
 from livekit import api, rtc
 
 from testkit.human import SOUND_RMS, Human
 from testkit.livekit_server import LiveKitFleet
+from tests.e2e.conftest import NewFleet
 
 HEAR_TIMEOUT = 20.0
 
@@ -86,3 +91,44 @@ async def test_clients_on_two_nodes_meet_in_one_room(
     finally:
         await alice.leave()
         await bob.leave()
+
+
+# -- the harness leaves nothing behind ---------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_a_fleet_comes_up_registered_and_goes_down_entirely(new_fleet: NewFleet) -> None:
+    fleet = new_fleet()
+    try:
+        node_a, node_b = fleet.nodes
+        assert node_a.node_id and node_b.node_id and node_a.node_id != node_b.node_id
+        assert fleet.registered_nodes() == {node_a.node_id, node_b.node_id}
+        assert node_a.port != node_b.port
+        assert node_a.api_secret == node_b.api_secret
+        assert "using single-node routing" not in node_a.log_text()
+        pids = [p for p in (fleet.redis.pid, node_a.pid, node_b.pid) if p is not None]
+        assert len(pids) == 3
+    finally:
+        fleet.stop()
+    assert all(_gone(pid) for pid in pids)
+    fleet.stop()  # twice is fine
+
+
+def test_a_node_that_cannot_start_takes_the_fleet_down(new_fleet: NewFleet) -> None:
+    fleet = new_fleet(start=False)
+    node_b = fleet.nodes[1]
+    with socket.socket() as squatter:  # node B's signalling port is taken
+        squatter.bind(("127.0.0.1", node_b.port))
+        squatter.listen()
+        with pytest.raises(RuntimeError, match="livekit-server exited"):
+            fleet.start()
+        pids = [fleet.redis.pid, fleet.nodes[0].pid, node_b.pid]
+    assert pids == [None, None, None]
+    assert fleet.redis.log_path.is_file()  # it was started, then stopped
