@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -156,11 +156,12 @@ StartClara = Callable[..., Awaitable[WorkerProcess]]
 async def clara(
     livekit_server: LiveKitServer, providers: Providers, tmp_path: Path
 ) -> AsyncIterator[StartClara]:
-    """Start ``python -m clara_voice start`` against the server (extra settings as keyword
-    arguments); it is killed, with its process group, when the test ends."""
+    """Start ``python -m clara_voice start`` (or ``command``) against the server (extra
+    settings as keyword arguments); it is killed, with its process group, when the test
+    ends."""
     async with AsyncExitStack() as stack:
 
-        async def start(**settings: str) -> WorkerProcess:
+        async def start(command: Sequence[str] | None = None, **settings: str) -> WorkerProcess:
             env = worker_env(
                 url=livekit_server.url,
                 api_key=livekit_server.api_key,
@@ -171,7 +172,7 @@ async def clara(
                 **providers.env(),
             )
             env.update(settings)
-            worker = await stack.enter_async_context(running_worker(env, tmp_path))
+            worker = await stack.enter_async_context(running_worker(env, tmp_path, command))
             await worker.wait_line(
                 is_event("registered worker"), "saying it registered", timeout=STARTUP_TIMEOUT
             )
