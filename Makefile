@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 COMPILE := $(PY) -m piptools compile -q --no-emit-index-url --no-emit-find-links \
 	--no-emit-trusted-host --strip-extras --allow-unsafe
 
-.PHONY: install livekit-server web web-test web-serve check lint types test e2e run dev lock clean
+.PHONY: install livekit-server helm-template web web-test web-serve check lint types test e2e run dev lock clean
 
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ install: $(VENV)/.installed
 ## livekit-server: build the LiveKit server the end-to-end tests run (once, with Go)
 livekit-server:
 	@scripts/livekit-server build >/dev/null
+
+## helm-template: build the Helm chart's renderer the deploy tests run (once, with Go)
+helm-template:
+	@scripts/helm-template build >/dev/null
 
 ## web: install the page's npm packages from web/package-lock.json and build it into web/dist
 web: web/node_modules/.installed
@@ -43,7 +47,7 @@ types: install
 	$(VENV)/bin/mypy
 
 ## test: the whole suite, end-to-end tests included, inside a private network namespace
-test: install livekit-server web
+test: install livekit-server helm-template web
 	scripts/private-net $(PY) -m pytest
 
 ## e2e: only the end-to-end tests (a real LiveKit server, the real worker, real clients)

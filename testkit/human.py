@@ -301,6 +301,7 @@ class Human:
             participant.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
             or track.kind != rtc.TrackKind.KIND_AUDIO
         ):
+            self._poke()  # another person's track: waiters may be watching for it
             return
         self.subscriptions.append(publication.sid)
         heard = self.heard[publication.sid] = HeardAudio(publication.sid, publication.name)

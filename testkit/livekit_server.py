@@ -1,4 +1,5 @@
-"""A real livekit-server for the end-to-end tests, on loopback, with free ports.
+"""A real livekit-server for the end-to-end tests, on loopback, with free ports; alone or
+as a fleet of nodes in LiveKit's multi-node mode.
 
 The binary is the one ``scripts/livekit-server`` builds from livekit-server's Go module
 (or ``LIVEKIT_SERVER_BIN``). :class:`LiveKitServer` writes a config for the private
@@ -6,11 +7,18 @@ network the tests run in (``scripts/private-net``): signalling and the server AP
 127.0.0.1, WebRTC on one UDP and one TCP port, ICE candidates on 127.0.0.1 only (no public
 STUN server, no external IP lookup, no TURN), keys of its own. It is ready when ``GET /``
 answers 200.
+
+:class:`LiveKitFleet` runs several nodes that share one Redis server
+(:class:`~testkit.redis_server.RedisServer`) and one key pair, each with its own ports, as
+a LiveKit deployment of several machines does: a room lives on one node (Redis maps it),
+and a client that connects through another node has its signalling relayed there. It is
+ready when every node has registered itself in Redis.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -22,10 +30,17 @@ from typing import Self
 
 from livekit import api
 
+from testkit.redis_server import RedisServer
+from testkit.server_process import ServerProcess, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "livekit-server"
 API_KEY = "clara-e2e"
 READY_TIMEOUT = 20.0
+# livekit-server's Redis keys (pkg/routing/redisrouter.go): node id → node, room → node id
+NODES_KEY = "nodes"
+ROOM_NODE_KEY = "room_node_map"
+_NODE_ID = re.compile(r'"nodeID": "(\w+)"')
 
 
 class ServerMissingError(RuntimeError):
@@ -55,25 +70,12 @@ def server_version() -> str:
     raise AssertionError(f"{BUILD_SCRIPT} names no VERSION")
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A TCP (or UDP) port on 127.0.0.1 with nothing bound to it (as of now)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def log_tail(path: Path, lines: int = 30) -> str:
-    """The last ``lines`` of a server's log file (for the error saying it did not start)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no server log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def server_config(*, port: int, rtc_tcp: int, rtc_udp: int, secret: str) -> str:
-    """The server's YAML (key names from livekit's pkg/config; unknown keys fail its start)."""
+def server_config(
+    *, port: int, rtc_tcp: int, rtc_udp: int, secret: str, redis: str | None = None
+) -> str:
+    """The server's YAML (key names from livekit's pkg/config; unknown keys fail its start).
+    With ``redis`` (``host:port``) the node runs in multi-node mode."""
+    shared = f"redis:\n  address: {redis}\n" if redis else ""
     return f"""\
 port: {port}
 bind_addresses: ["127.0.0.1"]
@@ -89,21 +91,30 @@ rtc:
   stun_servers: ["127.0.0.1:3478"]
 turn:
   enabled: false
-logging:
+{shared}logging:
   level: info
 """
 
 
-class LiveKitServer:
-    """One livekit-server process; ``with LiveKitServer(workdir) as server: ...``."""
+class LiveKitServer(ServerProcess):
+    """One livekit-server process; ``with LiveKitServer(workdir) as server: ...``.
 
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
+    ``redis`` (``host:port``) makes it a node of a multi-node deployment; nodes of one
+    deployment share ``api_secret``.
+    """
+
+    name = "livekit-server"
+
+    def __init__(
+        self, workdir: Path, *, redis: str | None = None, api_secret: str | None = None
+    ) -> None:
+        super().__init__(workdir)
         self.port = free_port()
         self.api_key = API_KEY
-        self.api_secret = secrets.token_hex(24)
-        self.log_path = workdir / "livekit-server.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self.api_secret = api_secret or secrets.token_hex(24)
+        self.redis = redis
+        self.node_id: str | None = None
+        """The node's id (``ND_…``), as it logged it at start."""
 
     @property
     def url(self) -> str:
@@ -117,6 +128,7 @@ class LiveKitServer:
 
     def start(self) -> None:
         binary = server_binary()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "livekit.yaml"
         config.write_text(
             server_config(
@@ -124,53 +136,20 @@ class LiveKitServer:
                 rtc_tcp=free_port(),
                 rtc_udp=free_port(socket.SOCK_DGRAM),
                 secret=self.api_secret,
+                redis=self.redis,
             )
         )
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(
-                [str(binary), "--config", str(config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        self._wait_ready()
+        self._spawn([str(binary), "--config", str(config)])
+        self._wait_ready(self._answers, READY_TIMEOUT)
+        match = _NODE_ID.search(self.log_text())
+        self.node_id = match.group(1) if match else None
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"livekit-server exited with {self._proc.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(self.http_url + "/", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"livekit-server not ready after {READY_TIMEOUT}s:\n{self.log_tail()}"
-                )
-            time.sleep(0.05)  # polling a subprocess that offers no readiness event
-
-    def stop(self) -> None:
-        if self._proc is None:
-            return
-        self._proc.terminate()
+    def _answers(self) -> bool:
         try:
-            self._proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
-    def log_tail(self, lines: int = 30) -> str:
-        return log_tail(self.log_path, lines)
+            with urllib.request.urlopen(self.http_url + "/", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
     def token(
         self,
@@ -198,6 +177,65 @@ class LiveKitServer:
     def api(self) -> api.LiveKitAPI:
         """A server API client (close it with ``aclose``)."""
         return api.LiveKitAPI(self.http_url, self.api_key, self.api_secret)
+
+
+class LiveKitFleet:
+    """``nodes`` livekit-server nodes in multi-node mode, sharing one Redis server and one
+    key pair, each on its own ports; ``with LiveKitFleet(workdir) as fleet: ...``."""
+
+    def __init__(self, workdir: Path, *, nodes: int = 2) -> None:
+        assert nodes >= 2, "a fleet has at least two nodes"
+        self.redis = RedisServer(workdir / "redis")
+        secret = secrets.token_hex(24)
+        self.nodes = [
+            LiveKitServer(
+                workdir / f"node-{chr(ord('a') + i)}", redis=self.redis.address, api_secret=secret
+            )
+            for i in range(nodes)
+        ]
+
+    def start(self) -> None:
+        try:
+            self.redis.start()
+            for node in self.nodes:
+                node.start()
+            self._wait_registered()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_registered(self) -> None:
+        """Until every node is in Redis' node list (the room allocator picks from it)."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        expected = {node.node_id for node in self.nodes}
+        while self.registered_nodes() != expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"livekit nodes {sorted(map(str, expected))} not all registered in redis "
+                    f"after {READY_TIMEOUT}s (have {sorted(self.registered_nodes())})"
+                )
+            time.sleep(0.05)  # polling Redis, which offers no event for it
+
+    def registered_nodes(self) -> set[str]:
+        """The node ids LiveKit's nodes registered in Redis."""
+        reply = self.redis.command("HKEYS", NODES_KEY)
+        assert isinstance(reply, list)
+        return {key.decode() for key in reply}
+
+    def room_node(self, room: str) -> str | None:
+        """The id of the node a room lives on (LiveKit's room → node map in Redis)."""
+        reply = self.redis.command("HGET", ROOM_NODE_KEY, room)
+        assert reply is None or isinstance(reply, bytes)
+        return None if reply is None else reply.decode()
+
+    def node(self, node_id: str) -> LiveKitServer:
+        return next(node for node in self.nodes if node.node_id == node_id)
+
+    def stop(self) -> None:
+        """Stop every node, then Redis (safe to call twice)."""
+        for node in reversed(self.nodes):
+            node.stop()
+        self.redis.stop()
 
     def __enter__(self) -> Self:
         self.start()

@@ -35,7 +35,7 @@ from typing import Self
 
 import asyncpg
 
-from testkit.livekit_server import free_port, log_tail
+from testkit.server_process import free_port, log_tail
 
 BINDIR_ENV = "PG_BINDIR"
 SUPERUSER = "clara"

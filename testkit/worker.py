@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+
+from testkit.server_process import free_port
 
 API_KEY = "clara-test-key"
 API_SECRET = "clara-test-secret-0123456789abcdefghijklmnop"  # ≥ 32 characters
@@ -37,14 +38,6 @@ _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
 
 LogLine = dict[str, Any]
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 with nothing listening on it (as of now)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def worker_env(

@@ -301,11 +301,16 @@ def runtime(stages: list[Stage]) -> Stage:
     return stages[-1]
 
 
+def yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (compose files, LiveKit's config)."""
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict), f"{path} is not a mapping"
+    return loaded
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    loaded = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
-    assert isinstance(loaded, dict)
-    return loaded
+    return yaml_mapping(COMPOSE_FILE)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,12 @@
-"""Fixtures of the end-to-end tests: a real livekit-server (one per test session), the
-provider loopback peers, and the real worker as a subprocess (one per test).
+"""Fixtures of the end-to-end tests: a real livekit-server (one per test session), a fleet
+of two livekit-server nodes in multi-node mode sharing a Redis server (one per test
+session, started by the first test that asks for it), the provider loopback peers, and
+the real worker as a subprocess (one per test).
 
 These tests need the private network of ``scripts/private-net`` (``make check`` runs the
 suite inside it), or, on a machine with a real network interface, ``CLARA_E2E_HOST_NETWORK=1``;
-and the livekit-server binary of ``scripts/livekit-server``. Without either they fail with
+and the livekit-server binary of ``scripts/livekit-server`` (the fleet also Debian's
+``redis-server``). Without either they fail with
 one line saying how to get it; they never skip.
 """
 
@@ -11,15 +14,16 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
 
-from testkit.livekit_server import LiveKitServer, ServerMissingError
+from testkit.livekit_server import LiveKitFleet, LiveKitServer, ServerMissingError
 from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
 from testkit.network import Outage, outage_unavailable
+from testkit.redis_server import RedisMissingError
 from testkit.worker import (
     STARTUP_TIMEOUT,
     WorkerProcess,
@@ -37,9 +41,25 @@ PRIVATE_NETWORK_HINT = (
 
 
 @pytest.fixture(scope="session")
-def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+def private_network() -> None:
+    """Fails unless the tests run in the private network (session scope: checked before the
+    suite's per-test fixture clears the CLARA_* variables)."""
     if os.environ.get("CLARA_PRIVATE_NET") != "1" and not os.environ.get("CLARA_E2E_HOST_NETWORK"):
         pytest.fail(PRIVATE_NETWORK_HINT, pytrace=False)
+
+
+def _started(fleet: LiveKitFleet) -> LiveKitFleet:
+    try:
+        fleet.start()
+    except (ServerMissingError, RedisMissingError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return fleet
+
+
+@pytest.fixture(scope="session")
+def livekit_server(
+    private_network: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveKitServer]:
     try:
         server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
         server.start()
@@ -49,6 +69,41 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def livekit_fleet(
+    private_network: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveKitFleet]:
+    """Two livekit-server nodes in multi-node mode sharing a Redis server (one per test
+    session; a test that stops or breaks a node makes a fleet of its own with
+    ``new_fleet``)."""
+    fleet = _started(LiveKitFleet(tmp_path_factory.mktemp("fleet")))
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+NewFleet = Callable[..., LiveKitFleet]
+
+
+@pytest.fixture
+def new_fleet(private_network: None, tmp_path: Path) -> Iterator[NewFleet]:
+    """Makes fleets of the test's own: ``new_fleet(nodes=2, start=True)``; every one is
+    stopped when the test ends."""
+    fleets: list[LiveKitFleet] = []
+
+    def make(*, nodes: int = 2, start: bool = True) -> LiveKitFleet:
+        fleet = LiveKitFleet(tmp_path / f"fleet-{len(fleets)}", nodes=nodes)
+        fleets.append(fleet)
+        return _started(fleet) if start else fleet
+
+    try:
+        yield make
+    finally:
+        for fleet in fleets:
+            fleet.stop()
 
 
 @pytest.fixture
@@ -101,11 +156,12 @@ StartClara = Callable[..., Awaitable[WorkerProcess]]
 async def clara(
     livekit_server: LiveKitServer, providers: Providers, tmp_path: Path
 ) -> AsyncIterator[StartClara]:
-    """Start ``python -m clara_voice start`` against the server (extra settings as keyword
-    arguments); it is killed, with its process group, when the test ends."""
+    """Start ``python -m clara_voice start`` (or ``command``) against the server (extra
+    settings as keyword arguments); it is killed, with its process group, when the test
+    ends."""
     async with AsyncExitStack() as stack:
 
-        async def start(**settings: str) -> WorkerProcess:
+        async def start(command: Sequence[str] | None = None, **settings: str) -> WorkerProcess:
             env = worker_env(
                 url=livekit_server.url,
                 api_key=livekit_server.api_key,
@@ -116,7 +172,7 @@ async def clara(
                 **providers.env(),
             )
             env.update(settings)
-            worker = await stack.enter_async_context(running_worker(env, tmp_path))
+            worker = await stack.enter_async_context(running_worker(env, tmp_path, command))
             await worker.wait_line(
                 is_event("registered worker"), "saying it registered", timeout=STARTUP_TIMEOUT
             )
