@@ -30,7 +30,7 @@ import numpy as np
 from livekit import rtc
 
 from testkit.audio import load_frames, speech_wav, voiced_span
-from testkit.livekit_server import LiveKitServer
+from testkit.livekit_server import AGENT_NAME, LiveKitServer
 
 T = TypeVar("T")
 
@@ -102,9 +102,11 @@ class Human:
         attributes: dict[str, str] | None = None,
         auto_subscribe: bool = True,
         can_update_own_metadata: bool | None = None,
+        agent_name: str | None = AGENT_NAME,
     ) -> None:
         self.server = server
         self.can_update_own_metadata = can_update_own_metadata
+        self.agent_name = agent_name
         self.auto_subscribe = auto_subscribe
         self.room_name = room
         self.identity = identity
@@ -139,6 +141,7 @@ class Human:
             self.room_name,
             attributes=self.attributes,
             can_update_own_metadata=self.can_update_own_metadata,
+            agent_name=self.agent_name,
         )
         options = rtc.RoomOptions(auto_subscribe=self.auto_subscribe)
         await self.room.connect(self.server.url, token, options)

@@ -36,6 +36,8 @@ from testkit.server_process import ServerProcess, free_port
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "livekit-server"
 API_KEY = "clara-e2e"
+AGENT_NAME = "clara"
+"""The agent name the workers register with (``CLARA_AGENT_NAME``'s default)."""
 READY_TIMEOUT = 20.0
 # livekit-server's Redis keys (pkg/routing/redisrouter.go): node id → node, room → node id
 NODES_KEY = "nodes"
@@ -159,8 +161,11 @@ class LiveKitServer(ServerProcess):
         attributes: dict[str, str] | None = None,
         name: str | None = None,
         can_update_own_metadata: bool | None = None,
+        agent_name: str | None = AGENT_NAME,
     ) -> str:
-        """A room-join token for ``identity`` (its participant attributes set at join)."""
+        """A room-join token for ``identity`` (its participant attributes set at join) that
+        asks for the agent ``agent_name`` as clara's tokens do (``None``: a token that asks
+        for none, as a backend unaware of clara's agent name mints)."""
         grants = api.VideoGrants(
             room_join=True, room=room, can_update_own_metadata=can_update_own_metadata
         )
@@ -172,6 +177,10 @@ class LiveKitServer(ServerProcess):
         )
         if attributes:
             token = token.with_attributes(attributes)
+        if agent_name is not None:
+            token = token.with_room_config(
+                api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=agent_name)])
+            )
         return token.to_jwt()
 
     def api(self) -> api.LiveKitAPI:

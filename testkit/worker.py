@@ -64,9 +64,6 @@ def worker_env(
         CLARA_NUM_IDLE_PROCESSES="1",
         CLARA_LOG_FORMAT="json",
         CLARA_DRAIN_TIMEOUT="5",
-        # a busy test machine's CPU must not make the worker decline jobs: only an agent in
-        # trouble does (its load is then 1.0)
-        CLARA_LOAD_THRESHOLD="1",
     )
     env.update(extra)
     return env

@@ -29,6 +29,7 @@ SHARED = {
     "_ratelimit",
     "_settings_base",
     "_json",
+    "_names",
     "tokens",
 }
 """Modules at the top that every wing may use; they use no wing."""
@@ -40,6 +41,7 @@ MAY_USE: dict[str, set[str]] = {
     "sync": {"voice"},
     "persistence": set(),
     "client": {"voice", "sync"},
+    "fleet": {"agent", "voice"},
 }
 """Which wings each wing may import (besides itself and the shared modules)."""
 

@@ -39,7 +39,7 @@ NODES = ("livekit-a", "livekit-b")
 WORKERS = ("worker-1", "worker-2")
 REDIS_PORT = 6379
 # Settings of issue 17 that other branches add; drop each once Settings has it.
-LANDING_ELSEWHERE = frozenset({"CLARA_AGENT_NAME", "CLARA_MAX_SESSIONS"})
+LANDING_ELSEWHERE: frozenset[str] = frozenset()
 KNOWN_VARIABLES = frozenset(Settings.env_name(n) for n in Settings.model_fields) | LANDING_ELSEWHERE
 _REQUIRED = re.compile(r"\$\{(\w+):\?[^}]*\}")
 _DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")

@@ -52,25 +52,25 @@ def write_unhealthy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 def test_an_agent_in_trouble_fills_the_workers_load_and_never_its_health_endpoint(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The worker's load (what LiveKit dispatches by) is livekit's CPU measure, or 1.0 while
-    any agent fails its health check; its health endpoint, a liveness probe, only says that
+    """The worker's load (what LiveKit dispatches by) is its own, or 1.0 while any agent
+    fails its health check; its health endpoint, a liveness probe, only says that
     the process is up and registered."""
     caplog.set_level(logging.INFO, "clara_voice.worker")
     worker = ClaraWorker(settings)
     worker._on_registered("AW_1")
     assert worker.live and not worker._connection_failed
-    assert worker._load() < 1.0  # this machine's CPU, as livekit measures it
+    assert worker._load() < 1.0  # its own processes' CPU and sessions
 
-    worker._set_agents_health(2)
+    worker.admission.set_agents(unhealthy=2, sessions=0)
     assert worker._load() == 1.0  # above any load threshold: no new jobs
-    worker._set_agents_health(1)  # still in trouble: logged once
+    worker.admission.set_agents(unhealthy=1, sessions=0)  # still in trouble: logged once
     assert messages(caplog) == [TROUBLE]
     trouble = next(r for r in caplog.records if r.getMessage() == TROUBLE)
     assert trouble.levelno == logging.WARNING
     assert trouble.unhealthy_agents == 2  # type: ignore[attr-defined]
     assert worker.live and not worker._connection_failed
 
-    worker._set_agents_health(0)
+    worker.admission.set_agents(unhealthy=0, sessions=0)
     assert worker._load() < 1.0
     assert messages(caplog) == [TROUBLE, RECOVERED]
 
@@ -85,12 +85,12 @@ async def test_check_agents_reads_the_folder_and_drops_processes_that_ended(
     worker = ClaraWorker(settings)
     worker._on_registered("AW_1")
 
-    assert await worker.check_agents(tmp_path) == 1
+    assert await worker.admission.check_agents(tmp_path) == 1
     assert worker._load() == 1.0
-    assert worker.unhealthy_agents == 1
+    assert worker.admission.unhealthy_agents == 1
     assert not (tmp_path / f"gauge_livesum_{ended}.db").exists()
     assert (tmp_path / f"gauge_livesum_{alive}.db").exists()
 
     write_unhealthy(alive, 0)  # its agent recovered
-    assert await worker.check_agents(tmp_path) == 0
+    assert await worker.admission.check_agents(tmp_path) == 0
     assert worker._load() < 1.0

@@ -156,8 +156,16 @@ async def test_an_agent_in_trouble_stops_new_jobs_and_never_fails_the_health_end
                     peer.offer_job("clara-room-busy", timeout=STEP_TIMEOUT), "a job offer"
                 )
                 assert not declined.answer.available
+                said = await worker.wait_line(
+                    lambda line: str(line.get("event", "")).startswith("room job declined"),
+                    "saying why it declined the job",
+                )
+                assert "agent(s) fail their health check" in said["event"]
+                assert (said["room"], said["reason"]) == ("clara-room-busy", "full")
                 _, exposition = await worker.metrics()
                 assert "\nclara_agent_unhealthy 1.0\n" in exposition
+                assert 'clara_jobs_declined_total{reason="full"} 1.0' in exposition
+                assert "\nclara_worker_load 1.0" in exposition
                 since = len(worker.lines)
                 await job_process.stop()
 

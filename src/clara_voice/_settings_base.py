@@ -88,8 +88,32 @@ class ServiceSettings(BaseSettings):
         default=None,
         gt=0,
         le=1,
-        description="Load (CPU, or 1 while an agent is in trouble) from which the worker takes "
-        "no new jobs (default: livekit's, 0.7 with `start`).",
+        description="Load from which the worker takes no new jobs: the largest of its own "
+        "processes' CPU share, its sessions over `CLARA_MAX_SESSIONS`, 1 while an agent is in "
+        "trouble (default: livekit's, 0.7 with `start`).",
+    )
+    max_sessions: int | None = Field(
+        default=None,
+        ge=1,
+        description="Sessions one worker holds at full load (default: 5 per CPU it is "
+        "given, at least 2).",
+    )
+    agent_name: str = Field(
+        default="clara",
+        pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        description="The agent name workers register with: LiveKit dispatches them explicitly "
+        "(tokens ask for it, the room watcher dispatches it); empty for automatic dispatch.",
+    )
+    room_watch_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between a worker's looks at the server's rooms for one with a "
+        "person and no live Clara (docs/operations.md#every-room-gets-clara).",
+    )
+    agent_dead_after: float = Field(
+        default=4.0,
+        gt=0,
+        description="Seconds without a heartbeat after which a Clara agent is dead and replaced.",
     )
     job_memory_warn_mb: float = Field(
         default=1000, gt=0, description="A job process using more memory (MB) is logged."

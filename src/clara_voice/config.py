@@ -9,7 +9,6 @@ per bad variable (see :func:`load_settings`), never a traceback.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -24,6 +23,7 @@ from pydantic import (
 from pydantic_settings import SettingsError as UnparsableSetting
 
 from clara_voice import _urls
+from clara_voice._names import check_host_names, check_room_name
 from clara_voice._provider_specs import LLMSpec, STTProvider, STTSpec, TTSFormat, TTSSpec
 from clara_voice._redact import remember_secrets, secrets_in
 from clara_voice._settings_base import ENV_PREFIX, PositiveSeconds, ServiceSettings
@@ -37,9 +37,6 @@ DEFAULT_INSTRUCTIONS = (
     "answer in one to three short sentences of plain conversational text, with no "
     "markdown, lists, emoji or code. If you did not understand, ask the user to repeat."
 )
-_ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
-_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^\[?[0-9A-Fa-f:.]+\]?$")
-
 DEFAULT_APOLOGY = "Sorry, something went wrong on my side. Could you say that again?"
 
 
@@ -307,24 +304,12 @@ class Settings(ServiceSettings):
     @field_validator("web_room")
     @classmethod
     def _check_room(cls, value: str | None) -> str | None:
-        if value is not None and not _ROOM_NAME.match(value):
-            raise ValueError("must be 1-128 letters, digits or . _ : @ - (not first)")
-        return value
+        return value if value is None else check_room_name(value)
 
     @field_validator("web_allowed_hosts")
     @classmethod
     def _check_hosts(cls, value: str) -> str:
-        for host in filter(None, (h.strip() for h in value.split(","))):
-            if not _HOST_NAME.match(host):
-                raise ValueError(f"{host!r} is not a host name (no scheme, port or path)")
-        return value
-
-    @property
-    def web_hosts(self) -> frozenset[str]:
-        """The host names the page answers to (lowercase, no port)."""
-        named = (h.strip().lower() for h in self.web_allowed_hosts.split(","))
-        own = {self.web_host.lower().strip("[]"), "localhost", "127.0.0.1", "::1"}
-        return frozenset({*own, *filter(None, named)} - {"0.0.0.0", "::"})
+        return check_host_names(value)
 
     @field_validator("livekit_api_secret")
     @classmethod

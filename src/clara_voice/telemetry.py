@@ -82,8 +82,9 @@ if _given_dir := os.environ.get(MULTIPROC_ENV):
 LATENCY_BUCKETS: Final = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
 """Seconds: fine steps where a voice reply feels immediate (< 1 s), coarse ones up to 10 s."""
 
+_SESSIONS_NAME = "clara_active_sessions"
 ACTIVE_SESSIONS = Gauge(
-    "clara_active_sessions",
+    _SESSIONS_NAME,
     "Participant sessions held by the worker's agents.",
     multiprocess_mode="livesum",
 )
@@ -119,6 +120,17 @@ OUTBOX_PENDING = Gauge(
     "clara_outbox_pending",
     "Persistence records committed to the outbox and not yet delivered to the backend.",
     multiprocess_mode="livesum",
+)
+ROOMS_HEALED = Counter(
+    "clara_rooms_healed",
+    "What the room watcher did for rooms without a live Clara (dispatched one, removed a "
+    "dead agent).",
+    ["action"],
+)
+JOBS_DECLINED = Counter(
+    "clara_jobs_declined",
+    "Room jobs this worker declined, by reason (full, draining).",
+    ["reason"],
 )
 _UNHEALTHY_NAME = "clara_agent_unhealthy"
 AGENT_UNHEALTHY = Gauge(
@@ -205,7 +217,24 @@ class AgentGauges:
         self.set_unhealthy(False)
 
 
-# -- the worker process's side: the folder -----------------------------------------------
+# -- the worker process's side ------------------------------------------------------------
+
+_worker_load: Gauge | None = None
+
+
+def worker_load() -> Gauge:
+    """``clara_worker_load``, made at first use (in the worker, once livekit has started:
+    see :func:`multiprocess_dir`)."""
+    global _worker_load
+    if _worker_load is None:
+        _worker_load = Gauge(
+            "clara_worker_load",
+            "The load this worker reports to LiveKit (0 to 1): the largest of its own "
+            "processes' CPU share, its sessions against CLARA_MAX_SESSIONS, 1 while an agent "
+            "is in trouble.",
+            multiprocess_mode="livemax",
+        )
+    return _worker_load
 
 
 @contextlib.contextmanager
@@ -222,8 +251,11 @@ def multiprocess_dir() -> Iterator[Path]:
 
     This process imported prometheus_client (through livekit) before the variable was
     set, so its metrics were not going to the folder: the values it creates from now on
-    (livekit's own worker metrics, created at first use) are switched to it, the way
-    prometheus_client itself chooses at import.
+    (livekit's own worker metrics and clara's, created at first use: :func:`worker_load`,
+    :data:`JOBS_DECLINED`, :data:`ROOMS_HEALED`) are switched to it, the way
+    prometheus_client itself chooses at import, with files of their own (livekit deletes
+    the folder's files as it starts, those of an operator's folder opened at import
+    included).
     """
     given = os.environ.get(MULTIPROC_ENV)
     if given:
@@ -234,8 +266,9 @@ def multiprocess_dir() -> Iterator[Path]:
         directory, created = Path(tempfile.mkdtemp(prefix=prefix)), True
         os.environ[MULTIPROC_ENV] = str(directory)
     previous = values.ValueClass
-    if not getattr(previous, "_multiprocess", False):
-        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    # a new value class in any case: it opens files of its own, where an operator's folder
+    # had this process's files opened at import and livekit deletes them as it starts
+    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
     try:
         yield directory
     finally:
@@ -258,9 +291,10 @@ def _remove_dead_workers_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def unhealthy_agents(directory: str | os.PathLike[str]) -> int:
-    """Agents reporting unhealthy: those of every other live process writing to
-    ``directory``, and this process's own (agents run here with livekit's thread executor).
+def agents_figures(directory: str | os.PathLike[str]) -> tuple[int, int]:
+    """The worker's agents as their processes report them: how many are unhealthy, and how
+    many sessions they hold (every other live process writing to ``directory``, and this
+    process's own: agents run here with livekit's thread executor).
 
     Blocking file I/O: call it off the event loop.
     """
@@ -270,11 +304,19 @@ def unhealthy_agents(directory: str | os.PathLike[str]) -> int:
         for path in glob.glob(os.path.join(os.fspath(directory), "gauge_livesum_*.db"))
         if not path.endswith(own)
     ]
-    total = sum(s.value for metric in AGENT_UNHEALTHY.collect() for s in metric.samples)
+    totals = {
+        name: sum(s.value for metric in gauge.collect() for s in metric.samples)
+        for name, gauge in ((_UNHEALTHY_NAME, AGENT_UNHEALTHY), (_SESSIONS_NAME, ACTIVE_SESSIONS))
+    }
     for metric in multiprocess.MultiProcessCollector.merge(files):  # type: ignore[no-untyped-call]
-        if metric.name == _UNHEALTHY_NAME:
-            total += sum(sample.value for sample in metric.samples)
-    return max(0, round(total))
+        if metric.name in totals:
+            totals[metric.name] += sum(sample.value for sample in metric.samples)
+    return max(0, round(totals[_UNHEALTHY_NAME])), max(0, round(totals[_SESSIONS_NAME]))
+
+
+def unhealthy_agents(directory: str | os.PathLike[str]) -> int:
+    """Agents reporting unhealthy (see :func:`agents_figures`). Blocking file I/O."""
+    return agents_figures(directory)[0]
 
 
 def sweep_dead_processes(directory: str | os.PathLike[str]) -> list[int]:
@@ -300,12 +342,14 @@ __all__ = [
     "AGENT_UNHEALTHY",
     "ERRORS",
     "ERROR_SOURCES",
+    "JOBS_DECLINED",
     "LATENCY_BUCKETS",
     "MEMORY_MB",
     "METRICS_DIR_PREFIX",
     "MULTIPROC_ENV",
     "OUTBOX_PENDING",
     "RECONNECTIONS",
+    "ROOMS_HEALED",
     "SESSIONS_BY_STATE",
     "SESSION_STATES",
     "TURN_LATENCY",
@@ -313,6 +357,7 @@ __all__ = [
     "AgentGauges",
     "ErrorSource",
     "TurnStage",
+    "agents_figures",
     "count_error",
     "count_reconnection",
     "multiprocess_dir",
@@ -321,4 +366,5 @@ __all__ = [
     "set_memory_mb",
     "sweep_dead_processes",
     "unhealthy_agents",
+    "worker_load",
 ]

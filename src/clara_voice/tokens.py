@@ -4,7 +4,8 @@ A token lets one identity join one room with only what a person talking to Clara
 publish its microphone (no camera, no screen) and data, subscribe; no room admin, no
 recording, no changing its own name, metadata or attributes. It can carry the session type
 the participant asks for as its ``clara.session_type`` attribute, which the agent reads
-when the participant joins, and a display name.
+when the participant joins, a display name, and the agent to dispatch to the room
+(``CLARA_AGENT_NAME``: workers register with it, and LiveKit dispatches them explicitly).
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ def mint_token(
     identity: str,
     name: str | None = None,
     session_type: SessionType | None = None,
+    agent_name: str = "",
     ttl: timedelta = timedelta(hours=1),
 ) -> str:
     """A participant token for ``identity`` in ``room`` (shown as ``name``), asking for
-    ``session_type`` if given."""
+    ``session_type`` if given, and for the agent ``agent_name`` (LiveKit's explicit
+    dispatch: the room this token creates gets that agent) if given."""
     token = (
         api.AccessToken(api_key, api_secret)
         .with_identity(identity)
@@ -59,7 +62,14 @@ def mint_token(
     )
     if session_type is not None:
         token = token.with_attributes({SESSION_TYPE_ATTRIBUTE: session_type})
+    if agent_name:
+        token = token.with_room_config(dispatch_of(agent_name))
     return token.to_jwt()
 
 
-__all__ = ["PUBLISH_SOURCES", "mint_token", "participant_grants"]
+def dispatch_of(agent_name: str) -> api.RoomConfiguration:
+    """The room configuration that dispatches the agent ``agent_name`` to the room."""
+    return api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=agent_name)])
+
+
+__all__ = ["PUBLISH_SOURCES", "dispatch_of", "mint_token", "participant_grants"]

@@ -19,7 +19,6 @@ otherwise; a bad address, a busy port or a page not built is one line and exit 2
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -29,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from clara_voice._json import parse_json
+from clara_voice._names import ROOM_NAME, page_hosts
 from clara_voice._ratelimit import RateLimits
 from clara_voice._urls import is_loopback
 from clara_voice._web_guard import (
@@ -49,7 +49,6 @@ log = get_logger("clara_voice.web")
 TOKEN_TTL = timedelta(minutes=15)
 """A token is only used to connect (and reconnect): a page asks for a fresh one each time."""
 MAX_REQUEST_BYTES = 4096
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 TOKEN_BURST, TOKEN_PER_SECOND = 20.0, 2.0
 """Tokens per client address: 20 at once, then 2 a second (a page asks once per connect)."""
 _HEADERS = {
@@ -69,7 +68,7 @@ def build_app(settings: Settings, dist: Path) -> web.Application:
     livekit_url = settings.web_livekit_url or settings.livekit_url
     secret = settings.livekit_api_secret.get_secret_value()
     tickets = ResumeTickets(secret)
-    hosts = settings.web_hosts
+    hosts = page_hosts(settings.web_host, settings.web_allowed_hosts)
 
     async def token(request: web.Request) -> web.Response:
         if (why := foreign_request(request.headers, hosts)) is not None:
@@ -108,6 +107,7 @@ def build_app(settings: Settings, dist: Path) -> web.Application:
             identity=identity,
             name=name,
             session_type=session_type,
+            agent_name=settings.agent_name,
             ttl=TOKEN_TTL,
         )
         log.info(
@@ -202,7 +202,7 @@ def main(argv: Sequence[str], settings: Settings) -> int:
 
 
 def _name(value: object) -> str | None:
-    return value if isinstance(value, str) and _NAME.match(value) else None
+    return value if isinstance(value, str) and ROOM_NAME.match(value) else None
 
 
 def _error(status: int, message: str) -> web.Response:

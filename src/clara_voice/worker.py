@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections.abc import Callable
 from functools import partial
@@ -36,19 +37,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from livekit import api
 from livekit.agents import AgentServer, JobContext, JobProcess, inference
 from livekit.agents.cli import AgentsConsole
 from livekit.agents.utils import aio
 
 from clara_voice import telemetry
-from clara_voice._livekit_worker import (
-    connection_failure,
-    default_load,
-    is_give_up_traceback,
-    set_live,
-)
+from clara_voice._livekit_worker import connection_failure, is_give_up_traceback, set_live
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from clara_voice.config import Settings
+from clara_voice.fleet.admission import Admission
+from clara_voice.fleet.job import join_fleet
+from clara_voice.fleet.load import default_max_sessions
+from clara_voice.fleet.watcher import RoomWatcher
 from clara_voice.logging import RenderFormat, configure_logging, get_logger
 from clara_voice.persistence.factory import build_backend
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
@@ -61,8 +62,8 @@ EOT_USERDATA_KEY = "eot"
 AGENTS_USERDATA_KEY = "agents"
 """``proc.userdata[AGENTS_USERDATA_KEY]``: the running job's ClaraVoiceAgent, by job id."""
 
-AGENTS_HEALTH_POLL = 2.0
-"""Seconds between the worker's reads of its agents' health (``clara_agent_unhealthy``)."""
+PRESENCE_USERDATA_KEY = "presence"
+"""``proc.userdata[PRESENCE_USERDATA_KEY]``: the running job's AgentPresence, by job id."""
 
 
 class ClaraWorker(AgentServer):
@@ -93,18 +94,26 @@ class ClaraWorker(AgentServer):
             load_fnc=self._load,
             **extra,
         )
+        self.admission = Admission(
+            max_sessions=settings.max_sessions or default_max_sessions(),
+            threshold=settings.load_threshold,
+            log=log,
+        )
         self.settings = settings
         self.gave_up = False
         self.registered = False
         self.last_connection_error: object = None
         self.metrics_dir: Path | None = None
         """The multiprocess metrics folder, while the worker runs."""
-        self.unhealthy_agents = 0
-        """Agents whose last health check failed, as of the last read."""
         self.live = False
         """What the health endpoint says: the worker has registered with LiveKit."""
-        self._cpu_load = default_load()
-        self.rtc_session(partial(entrypoint, settings=settings), on_session_end=end_of_job)
+        self.watcher: RoomWatcher | None = None
+        self._registered = asyncio.Event()
+        self.rtc_session(
+            partial(entrypoint, settings=settings),
+            agent_name=settings.agent_name,
+            on_session_end=end_of_job,
+        )
         self.on("worker_registered", self._on_registered)
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
@@ -131,13 +140,17 @@ class ClaraWorker(AgentServer):
                     "metrics folder ready",
                     extra={"path": str(metrics_dir), "prometheus_port": self._prometheus_port},
                 )
-                agents_watch = asyncio.create_task(
-                    self._watch_agents(metrics_dir), name="clara.worker.agents_health"
-                )
+                tasks = [
+                    asyncio.create_task(
+                        self.admission.run(metrics_dir), name="clara.worker.agents_health"
+                    )
+                ]
+                if not unregistered:
+                    tasks.append(asyncio.create_task(self._watch_rooms(), name="clara.watcher"))
                 try:
                     await super().run(devmode=devmode, unregistered=unregistered)
                 finally:
-                    await aio.cancel_and_wait(agents_watch)
+                    await aio.cancel_and_wait(*tasks)
                     self.metrics_dir = None
         except RuntimeError as exc:
             if "failed to connect to livekit" not in str(exc):
@@ -154,53 +167,36 @@ class ClaraWorker(AgentServer):
             livekit_logger.removeFilter(watch)
 
     def _load(self) -> float:
-        """The worker's load as LiveKit sees it: livekit's CPU measure, or full while an
-        agent is in trouble (so LiveKit sends new jobs elsewhere)."""
-        return max(self._cpu_load(self), 1.0 if self.unhealthy_agents else 0.0)
+        """The worker's load as LiveKit sees it: its own (fleet/load.py)."""
+        return self.admission.read()
 
-    def _set_agents_health(self, unhealthy_agents: int) -> None:
-        """``unhealthy_agents`` of the worker's agents fail their health check."""
-        was, self.unhealthy_agents = self.unhealthy_agents, unhealthy_agents
-        if bool(was) == bool(unhealthy_agents):
-            return
-        if unhealthy_agents:
-            log.warning(
-                "worker takes no new jobs: agents fail their health check",
-                extra={"unhealthy_agents": unhealthy_agents},
+    async def _answer_availability(self, msg: Any, **kwargs: Any) -> None:
+        # livekit declines a job the worker has no room for without a word (a private
+        # method, the one place it decides): clara says why, once per job, and counts it
+        await self._refresh_worker_load()
+        if not self._is_available():
+            threshold = self.settings.load_threshold or (math.inf if self._devmode else 0.7)
+            self.admission.declined(msg.job, draining=self._draining, threshold=threshold)
+        await super()._answer_availability(msg, **kwargs)
+
+    async def _watch_rooms(self) -> None:
+        """Every room with a person gets a live Clara (fleet/watcher.py), from the worker's
+        first registration with the server on."""
+        await self._registered.wait()
+        settings = self.settings
+        async with api.LiveKitAPI(
+            settings.livekit_url,
+            settings.livekit_api_key,
+            settings.livekit_api_secret.get_secret_value(),
+        ) as lkapi:
+            self.watcher = RoomWatcher(
+                lkapi,
+                agent_name=settings.agent_name,
+                interval=settings.room_watch_interval,
+                dead_after=settings.agent_dead_after,
+                log=log,
             )
-        else:
-            log.info("agents pass their health check again, the worker takes new jobs")
-
-    async def _watch_agents(self, metrics_dir: Path) -> None:
-        ticker = aio.interval(AGENTS_HEALTH_POLL)
-        await ticker.tick()  # at once: the first read waits one period, for livekit's cleanup
-        failing = False
-        while True:
-            await ticker.tick()
-            try:
-                await self.check_agents(metrics_dir)
-            except Exception as exc:
-                if not failing:  # once per streak of failures, not every period
-                    log.error(
-                        "could not read the agents' health",
-                        exc_info=exc,
-                        extra={"path": str(metrics_dir)},
-                    )
-                failing = True
-            else:
-                failing = False
-
-    async def check_agents(self, metrics_dir: Path) -> int:
-        """Read how many agents fail their health check (dropping the gauges of ended
-        processes first), which the worker's load follows; that number."""
-
-        def read() -> int:
-            telemetry.sweep_dead_processes(metrics_dir)
-            return telemetry.unhealthy_agents(metrics_dir)
-
-        unhealthy = await asyncio.to_thread(read)
-        self._set_agents_health(unhealthy)
-        return unhealthy
+            await self.watcher.run()
 
     def _on_connection_failed(self, error: object) -> None:
         # the live jobs carry on (their rooms are connections of their own) and livekit
@@ -212,6 +208,7 @@ class ClaraWorker(AgentServer):
         if self.last_connection_error is not None:
             log.info("connected to the LiveKit server", extra={"url": self.settings.livekit_url})
         self.registered = True
+        self._registered.set()
         self.last_connection_error = None
         if not self.live:
             self.live = True
@@ -323,6 +320,8 @@ async def entrypoint(
         ctx.shutdown(reason="room connection failed")
         return
     await agent.start()
+    presences = ctx.proc.userdata.setdefault(PRESENCE_USERDATA_KEY, {})
+    presences[ctx.job.id] = await join_fleet(ctx, agent, settings)
 
 
 async def end_of_job(ctx: JobContext) -> None:
@@ -336,6 +335,9 @@ async def end_of_job(ctx: JobContext) -> None:
 
 
 async def _close_agent(ctx: JobContext) -> None:
+    presence = ctx.proc.userdata.get(PRESENCE_USERDATA_KEY, {}).pop(ctx.job.id, None)
+    if presence is not None:  # before the agent: it beats through the agent's attributes
+        await presence.aclose()
     agent = ctx.proc.userdata.get(AGENTS_USERDATA_KEY, {}).pop(ctx.job.id, None)
     if agent is not None:
         await agent.aclose()

@@ -21,7 +21,7 @@ from tests.test_docker import DOCKERFILE, Stage, parse_dockerfile
 
 # Settings of issue 17 that other branches add (PostgreSQL backend, explicit dispatch,
 # admission); the chart already uses their names. Drop each once Settings has it.
-LANDING_ELSEWHERE = frozenset({"CLARA_AGENT_NAME", "CLARA_MAX_SESSIONS"})
+LANDING_ELSEWHERE: frozenset[str] = frozenset()
 SETTINGS_VARIABLES = frozenset(Settings.env_name(n) for n in Settings.model_fields)
 KNOWN_VARIABLES = SETTINGS_VARIABLES | LANDING_ELSEWHERE
 SECRET_VARIABLES = frozenset(

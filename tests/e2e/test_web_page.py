@@ -7,9 +7,9 @@ line, the transcript, Clara's voice as the page plays it (measured in the page b
 ``AnalyserNode`` of the test's own), the push-to-talk button; ``window.claraDebug`` and
 the probes of ``testkit/browser.py`` only say when to look.
 
-Each test makes its room with the server API and waits until Clara's agent is in it before
-the browser starts: the server offers a room's job once, when the room is made, and a
-worker whose machine is busy starting a browser (load 1.0 on both cores) declines it.
+The browser makes its room as a person's would: it joins with the page's token, which asks
+for Clara's agent (LiveKit's explicit dispatch), while the machine is busy starting
+Chromium; the worker's load is its own, so it takes the job (issue 17).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from livekit import api
 
 from testkit.browser import (
     SOUND_RMS,
@@ -39,7 +38,6 @@ from testkit.checks import event, joined, talk
 from testkit.human import Human
 from testkit.livekit_server import LiveKitServer
 from testkit.network import CLIENT_GID, Outage
-from testkit.worker import WorkerProcess
 from tests.e2e.conftest import Providers, StartClara
 
 QUESTION = "What is the weather like today"
@@ -76,17 +74,6 @@ async def web_page(livekit_server: LiveKitServer) -> AsyncIterator[WebPageServer
         api_secret=livekit_server.api_secret,
     ) as server:
         yield server
-
-
-async def clara_in_room(
-    clara: StartClara, livekit_server: LiveKitServer, room: str, **settings: str
-) -> WorkerProcess:
-    """The worker, with Clara's agent already in ``room`` (see the module docstring)."""
-    worker = await clara(**settings)
-    async with livekit_server.api() as server_api:
-        await server_api.room.create_room(api.CreateRoomRequest(name=room))
-    await worker.wait_line(event("agent started", room=room), "Clara's agent in the room")
-    return worker
 
 
 def answers(replies: dict[str, str]) -> Callable[[dict[str, Any]], str]:
@@ -151,7 +138,7 @@ async def test_a_spoken_question_is_answered_aloud_and_switching_to_text_keeps_t
 ) -> None:
     providers.deepgram.default_transcript = QUESTION.lower()
     providers.openai.replies = answers({QUESTION.lower(): SPOKEN_REPLY, TYPED: TYPED_REPLY})
-    worker = await clara_in_room(clara, livekit_server, room_name)
+    worker = await clara()
     microphone = microphone_wav(tmp_path / "microphone.wav", QUESTION, SILENCE_AFTER_SPEECH)
 
     async with chromium(tmp_path, microphone=microphone) as browser:
@@ -223,7 +210,7 @@ async def test_push_to_talk_answers_only_what_is_said_while_the_button_is_held(
 ) -> None:
     providers.deepgram.transcripts = [HELD.lower()]  # what the STT hears first
     providers.openai.replies = [PTT_REPLY]
-    await clara_in_room(clara, livekit_server, room_name)
+    await clara()
     microphone = microphone_wav(tmp_path / "microphone.wav", HELD, SILENCE_AFTER_SPEECH)
 
     async with chromium(tmp_path, microphone=microphone) as browser:
@@ -292,9 +279,7 @@ async def test_a_network_outage_shows_reconnecting_then_connected_and_the_talk_g
     """
     messages = {f"Message {n}": f"Answer {n}." for n in range(1, 3)}
     providers.openai.replies = answers(messages)
-    worker = await clara_in_room(
-        clara, livekit_server, room_name, CLARA_RECONNECT_GRACE_PERIOD="60"
-    )
+    worker = await clara(CLARA_RECONNECT_GRACE_PERIOD="60")
     microphone = microphone_wav(tmp_path / "microphone.wav", OUTAGE_SECONDS * 4)
     async with chromium(tmp_path, microphone=microphone, gid=CLIENT_GID) as browser:
         page = await ClaraPage.open(browser, web_page.url)
@@ -357,7 +342,7 @@ async def test_an_outage_longer_than_the_backoff_schedule_ends_in_failed(
     room_name: str,
     tmp_path: Path,
 ) -> None:
-    await clara_in_room(clara, livekit_server, room_name)
+    await clara()
     async with chromium(tmp_path, gid=CLIENT_GID) as browser:
         page = await ClaraPage.open(browser, web_page.url)
         await page.start(room=room_name, name="Dee", session_type="text")

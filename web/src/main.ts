@@ -14,6 +14,7 @@ import {
   RPC_SET_SESSION_TYPE,
   type SessionConfig,
 } from './protocol';
+import { ATTR_HEARTBEAT, ClaraPresence } from './presence';
 import { PushToTalk, decideKey } from './ptt';
 import { ReconnectController } from './reconnect';
 import { ClaraRoom, type RoomListener } from './session';
@@ -42,6 +43,13 @@ let current: ClaraRoom | null = null;
 let chatCount = 0;
 /** The ticket of the last token: a reconnection of this session keeps its identity. */
 let resume: string | null = null;
+const presence = new ClaraPresence();
+
+function checkPresence(): void {
+  const away = store.current.status === 'connected' && presence.away(Date.now());
+  if (away !== store.current.claraAway) store.patch({ claraAway: away });
+}
+setInterval(checkPresence, 500);
 
 function errorText(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -133,9 +141,13 @@ const listener: RoomListener = {
   linkWatchChanged: ({ armed, stalled }) => store.patch({ linkArmed: armed, linkStalled: stalled }),
   agentChanged: (agent) => {
     store.patch({ agentIdentity: agent?.identity ?? null, agentState: null });
+    presence.update(agent?.identity ?? null, agent?.attributes[ATTR_HEARTBEAT], Date.now());
+    checkPresence();
     if (agent) listener.agentAttributesChanged(agent);
   },
   agentAttributesChanged: (agent) => {
+    presence.update(agent.identity, agent.attributes[ATTR_HEARTBEAT], Date.now());
+    checkPresence();
     const identity = current?.localIdentity ?? store.current.identity;
     store.patch({ agentState: readAgentState(agent.attributes, identity) });
     const config = readSessionConfig(agent.attributes, identity);
@@ -237,6 +249,7 @@ els.joinForm.addEventListener('submit', (event) => {
     return;
   }
   resume = null; // a new session: a new identity
+  presence.reset();
   media.unlock(); // inside the click: the browser lets audio play from now on
   transcript.clear();
   configs.reset();
@@ -244,6 +257,7 @@ els.joinForm.addEventListener('submit', (event) => {
     room,
     name,
     identity: '',
+    claraAway: false,
     notice: null,
     waiting: false,
     sessionType: selectedType(els) ?? DEFAULT_SESSION_TYPE,

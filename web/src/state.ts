@@ -42,6 +42,8 @@ export interface AppState {
   notice: string | null;
   /** The room was full: no session yet, one comes when a place frees up. */
   waiting: boolean;
+  /** Clara was here and is gone or silent (her worker crashed): a new one is on its way. */
+  claraAway: boolean;
 }
 
 export function initialState(room: string, name = ''): AppState {
@@ -70,6 +72,7 @@ export function initialState(room: string, name = ''): AppState {
     lastError: null,
     notice: null,
     waiting: false,
+    claraAway: false,
   };
 }
 

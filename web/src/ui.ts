@@ -133,12 +133,14 @@ export function render(els: Elements, state: Readonly<AppState>, changed: Readon
   if (has('name') && els.name.value !== state.name) els.name.value = state.name;
   if (has('lastError')) els.error.textContent = state.lastError ?? '';
   if (has('notice')) els.notice.textContent = state.notice ?? '';
-  if (has('agentIdentity', 'agentState', 'waiting')) {
-    els.agentState.textContent = !state.agentIdentity
-      ? 'Not in the room'
-      : state.waiting
-        ? 'Clara is busy: waiting for a place'
-        : `Clara is ${state.agentState ?? 'here'}`;
+  if (has('agentIdentity', 'agentState', 'waiting', 'claraAway')) {
+    els.agentState.textContent = state.claraAway
+      ? 'Clara is reconnecting…'
+      : !state.agentIdentity
+        ? 'Not in the room'
+        : state.waiting
+          ? 'Clara is busy: waiting for a place'
+          : `Clara is ${state.agentState ?? 'here'}`;
   }
   if (has('config')) renderConfig(els, state.config);
   if (has('muted')) els.mute.setAttribute('aria-pressed', String(state.muted));

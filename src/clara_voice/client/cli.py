@@ -108,6 +108,7 @@ async def _amain(
         room=args.room,
         identity=args.identity or f"clara-smoke-{secrets.token_hex(4)}",
         session_type=args.session_type,
+        agent_name=settings.agent_name,
     )
     client = VoiceClient(
         url=settings.livekit_url,

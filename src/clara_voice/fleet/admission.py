@@ -1,0 +1,111 @@
+"""Admission: which room jobs this worker takes, by its own capacity (seed 002, issue 17).
+
+The worker's load (:mod:`clara_voice.fleet.load`) is its own: its process tree's CPU
+against the cores it is given, its sessions against ``CLARA_MAX_SESSIONS``, or full while
+one of its agents fails its health check. Its agents report their health and sessions in
+the shared metrics folder (:mod:`clara_voice.telemetry`); :meth:`Admission.run` reads them
+every ``AGENTS_POLL`` seconds, dropping the share of processes that ended. Every job the
+worker declines is logged once, with why, and counted (``clara_jobs_declined_total``); the
+load is exported as ``clara_worker_load``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from livekit.agents.utils import aio
+
+from clara_voice import telemetry
+from clara_voice.fleet.load import WorkerLoad
+from clara_voice.logging import ContextLogger
+
+AGENTS_POLL = 2.0
+"""Seconds between the worker's reads of its agents' health and sessions."""
+
+
+class Admission:
+    """The load a worker reports and what it says about the jobs it declines."""
+
+    def __init__(self, *, max_sessions: int, threshold: float | None, log: ContextLogger) -> None:
+        self._log = log
+        self.threshold = threshold
+        """``CLARA_LOAD_THRESHOLD`` (``None``: livekit's default for the mode)."""
+        self.unhealthy_agents = 0
+        self.active_sessions = 0
+        self.load = WorkerLoad(
+            max_sessions=max_sessions,
+            sessions=lambda: self.active_sessions,
+            unhealthy=lambda: self.unhealthy_agents,
+        )
+
+    def read(self) -> float:
+        """The worker's load now (livekit's ``load_fnc``; it runs on a thread)."""
+        value = self.load.read()
+        telemetry.worker_load().set(value)
+        return value
+
+    def declined(self, job: Any, *, draining: bool, threshold: float) -> None:
+        """The worker declined ``job`` (livekit's AvailabilityRequest job): said and counted."""
+        reason = "draining" if draining else "full"
+        why = (
+            "the worker is draining (SIGTERM)"
+            if draining
+            else self.load.last.why(threshold)
+            + f" (load {self.load.last.value:.2f} ≥ CLARA_LOAD_THRESHOLD {threshold:g})"
+        )
+        telemetry.JOBS_DECLINED.labels(reason=reason).inc()
+        self._log.warning(
+            f"room job declined: {why}",
+            extra={"job_id": job.id, "room": job.room.name, "reason": reason},
+        )
+
+    def set_agents(self, *, unhealthy: int, sessions: int) -> None:
+        """What the agents report: ``unhealthy`` fail their health check, ``sessions`` held."""
+        was, self.unhealthy_agents = self.unhealthy_agents, unhealthy
+        self.active_sessions = sessions
+        if bool(was) == bool(unhealthy):
+            return
+        if unhealthy:
+            self._log.warning(
+                "worker takes no new jobs: agents fail their health check",
+                extra={"unhealthy_agents": unhealthy},
+            )
+        else:
+            self._log.info("agents pass their health check again, the worker takes new jobs")
+
+    async def check_agents(self, metrics_dir: Path) -> int:
+        """Read the agents' health and sessions (dropping the gauges of ended processes
+        first); how many are unhealthy."""
+
+        def read() -> tuple[int, int]:
+            telemetry.sweep_dead_processes(metrics_dir)
+            return telemetry.agents_figures(metrics_dir)
+
+        unhealthy, sessions = await asyncio.to_thread(read)
+        self.set_agents(unhealthy=unhealthy, sessions=sessions)
+        return unhealthy
+
+    async def run(self, metrics_dir: Path) -> None:
+        """Read the agents every ``AGENTS_POLL`` seconds until cancelled."""
+        ticker = aio.interval(AGENTS_POLL)
+        await ticker.tick()  # at once: the first read waits one period, for livekit's cleanup
+        failing = False
+        while True:
+            await ticker.tick()
+            try:
+                await self.check_agents(metrics_dir)
+            except Exception as exc:
+                if not failing:  # once per streak of failures, not every period
+                    self._log.error(
+                        "could not read the agents' health",
+                        exc_info=exc,
+                        extra={"path": str(metrics_dir)},
+                    )
+                failing = True
+            else:
+                failing = False
+
+
+__all__ = ["AGENTS_POLL", "Admission"]
