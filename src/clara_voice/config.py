@@ -232,6 +232,20 @@ class Settings(ServiceSettings):
         default=Path("./web/dist"), description="The built page (`make web` builds it)."
     )
 
+    # -- the demo (`python -m clara_voice demo`; its server listens where LIVEKIT_URL says) --
+    demo_rtc_port: int = Field(
+        default=7882,
+        ge=1,
+        le=65535,
+        description="UDP port of the demo's LiveKit server for media.",
+    )
+    livekit_server_bin: Path | None = Field(
+        default=None,
+        validation_alias="LIVEKIT_SERVER_BIN",
+        description="livekit-server binary the demo runs (default: `make livekit-server`'s, "
+        "else the PATH's).",
+    )
+
     @field_validator(
         "livekit_url",
         "web_livekit_url",
@@ -249,7 +263,12 @@ class Settings(ServiceSettings):
         return _urls.check_http_url(value, credentials=ENV_PREFIX + secret)
 
     @field_validator(
-        "prometheus_port", "num_idle_processes", "load_threshold", "web_livekit_url", mode="before"
+        "prometheus_port",
+        "num_idle_processes",
+        "load_threshold",
+        "web_livekit_url",
+        "livekit_server_bin",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

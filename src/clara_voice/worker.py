@@ -106,10 +106,12 @@ class ClaraWorker(AgentServer):
         self.live = False
         """What the health endpoint says: the worker has registered with LiveKit."""
         self._cpu_load = default_load()
+        self._dev_run = False
         self.rtc_session(partial(entrypoint, settings=settings), on_session_end=end_of_job)
         self.on("worker_registered", self._on_registered)
 
     async def run(self, *, devmode: bool = False, unregistered: bool = False) -> None:
+        self._dev_run = devmode
         if not AgentsConsole.get_instance().enabled:  # console mode keeps livekit's TUI
             configure_logging(level=self.settings.log_level, fmt=self._log_format(devmode))
         if self.settings.backend_token_in_clear():
@@ -157,8 +159,15 @@ class ClaraWorker(AgentServer):
 
     def _load(self) -> float:
         """The worker's load as LiveKit sees it: livekit's CPU measure, or full while an
-        agent is in trouble (so LiveKit sends new jobs elsewhere)."""
-        return max(self._cpu_load(self), 1.0 if self.unhealthy_agents else 0.0)
+        agent is in trouble (so LiveKit sends new jobs elsewhere).
+
+        Not the CPU in development mode (``dev``, the demo's worker): livekit then takes any
+        job whatever its load, but the server still dispatches by the load the worker
+        reports, and sends nothing from 0.7; on a busy machine the one worker of a
+        development run would never get a job.
+        """
+        cpu = 0.0 if self._dev_run else self._cpu_load(self)
+        return max(cpu, 1.0 if self.unhealthy_agents else 0.0)
 
     def _set_agents_health(self, unhealthy_agents: int) -> None:
         """``unhealthy_agents`` of the worker's agents fail their health check."""

@@ -37,9 +37,17 @@ PRIVATE_NETWORK_HINT = (
 
 
 @pytest.fixture(scope="session")
-def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+def private_network() -> None:
+    """Fails the test (one line) unless it runs where nothing it sends leaves the machine
+    (session-scoped: it reads the environment before each test's own is cleared)."""
     if os.environ.get("CLARA_PRIVATE_NET") != "1" and not os.environ.get("CLARA_E2E_HOST_NETWORK"):
         pytest.fail(PRIVATE_NETWORK_HINT, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def livekit_server(
+    private_network: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveKitServer]:
     try:
         server = LiveKitServer(tmp_path_factory.mktemp("livekit"))
         server.start()
