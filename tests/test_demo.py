@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from clara_voice import demo
 from clara_voice._livekit_server import ServerBinaryError, find_server_binary, server_config
@@ -192,10 +193,16 @@ def test_the_server_binary_is_the_configured_one_else_the_builds_else_the_paths(
         find_server_binary(None, tmp_path / "elsewhere")
 
 
-def test_the_server_configuration_keeps_tcp_media_for_those_who_ask() -> None:
-    config = server_config(port=7880, api_key="k", api_secret="s", rtc_udp=7882, rtc_tcp=7881)
-    assert "tcp_port: 7881" in config
-    assert "udp_port: 7882" in config
+def test_the_server_configuration_is_loopback_only_and_keeps_any_key() -> None:
+    key, secret = "key: with # yaml", "'secret' with: \"quotes\" # and more"
+    config = yaml.safe_load(server_config(port=7880, api_key=key, api_secret=secret, rtc_udp=7882))
+    assert config["keys"] == {key: secret}
+    assert config["bind_addresses"] == ["127.0.0.1"]
+    assert config["rtc"]["tcp_port"] == 0
+    assert config["rtc"]["ips"] == {"includes": ["127.0.0.0/8"]}
+    assert config["rtc"]["node_ip"] == "127.0.0.1"
+    with_tcp = server_config(port=7880, api_key="k", api_secret="s", rtc_udp=7882, rtc_tcp=7881)
+    assert yaml.safe_load(with_tcp)["rtc"]["tcp_port"] == 7881  # the tests' server
 
 
 def fake_plan(tmp_path: Path, *, page: tuple[str, ...] = ()) -> demo.DemoPlan:

@@ -19,6 +19,7 @@ ignores loopback adapters, but the kernel delivers a packet from a LAN address t
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -38,13 +39,13 @@ def server_config(
 ) -> str:
     """The server's YAML (key names from livekit's pkg/config; unknown keys fail its start):
     signalling on 127.0.0.1:``port``, media on UDP ``rtc_udp`` (and TCP ``rtc_tcp``, bound
-    on every interface, when given), one key pair."""
+    on every interface, when given), one key pair (quoted: a JSON string is YAML's too)."""
     return f"""\
 port: {port}
 bind_addresses: ["127.0.0.1"]
 development: true
 keys:
-  {api_key}: {api_secret}
+  {json.dumps(api_key)}: {json.dumps(api_secret)}
 rtc:
   tcp_port: {rtc_tcp or 0}
   udp_port: {rtc_udp}
