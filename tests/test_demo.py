@@ -203,6 +203,9 @@ def test_the_server_configuration_is_loopback_only_and_keeps_any_key() -> None:
     assert config["rtc"]["node_ip"] == "127.0.0.1"
     with_tcp = server_config(port=7880, api_key="k", api_secret="s", rtc_udp=7882, rtc_tcp=7881)
     assert yaml.safe_load(with_tcp)["rtc"]["tcp_port"] == 7881  # the tests' server
+    assert "redis" not in config
+    node = server_config(port=7880, api_key="k", api_secret="s", rtc_udp=1, redis="127.0.0.1:6379")
+    assert yaml.safe_load(node)["redis"] == {"address": "127.0.0.1:6379"}  # a fleet's node
 
 
 def fake_plan(tmp_path: Path, *, page: tuple[str, ...] = ()) -> demo.DemoPlan:

@@ -35,11 +35,19 @@ class ServerBinaryError(RuntimeError):
 
 
 def server_config(
-    *, port: int, api_key: str, api_secret: str, rtc_udp: int, rtc_tcp: int | None = None
+    *,
+    port: int,
+    api_key: str,
+    api_secret: str,
+    rtc_udp: int,
+    rtc_tcp: int | None = None,
+    redis: str | None = None,
 ) -> str:
     """The server's YAML (key names from livekit's pkg/config; unknown keys fail its start):
     signalling on 127.0.0.1:``port``, media on UDP ``rtc_udp`` (and TCP ``rtc_tcp``, bound
-    on every interface, when given), one key pair (quoted: a JSON string is YAML's too)."""
+    on every interface, when given), one key pair (quoted: a JSON string is YAML's too);
+    with ``redis`` (``host:port``, the tests' fleets) a node of LiveKit's multi-node mode."""
+    shared = f"redis:\n  address: {redis}\n" if redis else ""
     return f"""\
 port: {port}
 bind_addresses: ["127.0.0.1"]
@@ -57,7 +65,7 @@ rtc:
     includes: ["127.0.0.0/8"]
 turn:
   enabled: false
-logging:
+{shared}logging:
   level: info
 """
 
