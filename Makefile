@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 COMPILE := $(PY) -m piptools compile -q --no-emit-index-url --no-emit-find-links \
 	--no-emit-trusted-host --strip-extras --allow-unsafe
 
-.PHONY: install livekit-server helm-template web web-test web-serve check lint types test e2e run dev lock clean
+.PHONY: install livekit-server helm-template web web-test web-serve demo check lint types test e2e run dev lock clean
 
 $(VENV)/.installed: requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ lock: install
 	$(PY) -m pip install -q pip-tools
 	$(COMPILE) -o requirements.lock pyproject.toml
 	$(COMPILE) --extra dev -o requirements-dev.lock pyproject.toml
+
+## demo: Clara on this machine without Docker: builds the LiveKit server and the page, then
+## runs the server, the worker and the page on 127.0.0.1 (Ctrl-C stops all three)
+demo: install livekit-server web
+	$(PY) -m clara_voice demo
 
 ## web-serve: the page and its token endpoint on http://127.0.0.1:3000 (CLARA_WEB_PORT)
 web-serve: install web

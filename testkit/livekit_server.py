@@ -2,11 +2,12 @@
 as a fleet of nodes in LiveKit's multi-node mode.
 
 The binary is the one ``scripts/livekit-server`` builds from livekit-server's Go module
-(or ``LIVEKIT_SERVER_BIN``). :class:`LiveKitServer` writes a config for the private
-network the tests run in (``scripts/private-net``): signalling and the server API on
-127.0.0.1, WebRTC on one UDP and one TCP port, ICE candidates on 127.0.0.1 only (no public
-STUN server, no external IP lookup, no TURN), keys of its own. It is ready when ``GET /``
-answers 200.
+(or ``LIVEKIT_SERVER_BIN``). :class:`LiveKitServer` runs it with the configuration
+``python -m clara_voice demo`` uses (``clara_voice._livekit_server``, whose docstring says
+why each setting), which works in the private network the tests run in
+(``scripts/private-net``): signalling and the server API on 127.0.0.1, WebRTC on one UDP
+port of the loopback addresses (and one TCP port), ICE candidates on 127.0.0.1 only, keys
+of its own. It is ready when ``GET /`` answers 200.
 
 :class:`LiveKitFleet` runs several nodes that share one Redis server
 (:class:`~testkit.redis_server.RedisServer`) and one key pair, each with its own ports, as
@@ -17,11 +18,9 @@ ready when every node has registered itself in Redis.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +29,7 @@ from typing import Self
 
 from livekit import api
 
+from clara_voice._livekit_server import ServerBinaryError, find_server_binary, server_config
 from testkit.redis_server import RedisServer
 from testkit.server_process import ServerProcess, free_port
 
@@ -51,17 +51,10 @@ class ServerMissingError(RuntimeError):
 
 def server_binary() -> Path:
     """The livekit-server the tests run; :class:`ServerMissingError` when there is none."""
-    path = Path(
-        subprocess.run(
-            [str(BUILD_SCRIPT), "path"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    )
-    if not os.access(path, os.X_OK):
-        raise ServerMissingError(
-            f"no livekit-server at {path}: run `make livekit-server` (builds it with Go) "
-            "or set LIVEKIT_SERVER_BIN to a livekit-server binary"
-        )
-    return path
+    try:
+        return find_server_binary(None, ROOT)  # the script honours LIVEKIT_SERVER_BIN
+    except ServerBinaryError as exc:
+        raise ServerMissingError(str(exc)) from None
 
 
 def server_version() -> str:
@@ -70,32 +63,6 @@ def server_version() -> str:
         if line.startswith("VERSION="):
             return line.removeprefix("VERSION=").strip()
     raise AssertionError(f"{BUILD_SCRIPT} names no VERSION")
-
-
-def server_config(
-    *, port: int, rtc_tcp: int, rtc_udp: int, secret: str, redis: str | None = None
-) -> str:
-    """The server's YAML (key names from livekit's pkg/config; unknown keys fail its start).
-    With ``redis`` (``host:port``) the node runs in multi-node mode."""
-    shared = f"redis:\n  address: {redis}\n" if redis else ""
-    return f"""\
-port: {port}
-bind_addresses: ["127.0.0.1"]
-development: true
-keys:
-  {API_KEY}: {secret}
-rtc:
-  tcp_port: {rtc_tcp}
-  udp_port: {rtc_udp}
-  node_ip: 127.0.0.1
-  use_external_ip: false
-  enable_loopback_candidate: true
-  stun_servers: ["127.0.0.1:3478"]
-turn:
-  enabled: false
-{shared}logging:
-  level: info
-"""
 
 
 class LiveKitServer(ServerProcess):
@@ -135,9 +102,10 @@ class LiveKitServer(ServerProcess):
         config.write_text(
             server_config(
                 port=self.port,
-                rtc_tcp=free_port(),
+                api_key=self.api_key,
+                api_secret=self.api_secret,
                 rtc_udp=free_port(socket.SOCK_DGRAM),
-                secret=self.api_secret,
+                rtc_tcp=free_port(),
                 redis=self.redis,
             )
         )

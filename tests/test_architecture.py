@@ -31,9 +31,12 @@ SHARED = {
     "_json",
     "_names",
     "tokens",
+    "_cli",
+    "_livekit_server",
+    "_supervisor",
 }
 """Modules at the top that every wing may use; they use no wing."""
-ENTRY = {"__main__", "worker", "web", "outbox_cli", "db_cli", "_livekit_worker"}
+ENTRY = {"__main__", "worker", "web", "outbox_cli", "db_cli", "_livekit_worker", "demo"}
 """Modules at the top that use the wings; nothing imports them."""
 MAY_USE: dict[str, set[str]] = {
     "agent": {"voice", "sync", "persistence"},

@@ -31,6 +31,8 @@ def test_livekit_variables_keep_their_names_and_ours_share_a_prefix() -> None:
         "LIVEKIT_API_SECRET",
         "OPENAI_API_KEY",
         "DEEPGRAM_API_KEY",
+        # the name scripts/livekit-server and the tests already give the server binary
+        "LIVEKIT_SERVER_BIN",
     }
 
 

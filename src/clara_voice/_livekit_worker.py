@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import typer
+import typer.exceptions
+import typer.main
 from livekit.agents import AgentServer, WorkerOptions
 
 CONNECT_FAILED_PREFIX = "failed to connect to livekit"
@@ -56,10 +59,53 @@ def is_give_up_traceback(record: logging.LogRecord) -> bool:
     )
 
 
+class CliArgsError(Exception):
+    """livekit's CLI refuses the command line (its message, one line)."""
+
+
+def _cli_group() -> Any:
+    from livekit.agents.cli import _legacy
+
+    return typer.main.get_command(_legacy._build_cli(AgentServer()))
+
+
+def cli_commands() -> list[str]:
+    """The commands of livekit's CLI, by name."""
+    group = _cli_group()
+    return sorted(group.list_commands(group.context_class(group)))
+
+
+def parse_cli_args(command: str, args: Sequence[str], *, prog: str) -> bool:
+    """Parse ``command args`` as livekit's CLI will, running nothing: True when they are
+    right, False when they asked for help (livekit's own, printed here);
+    :class:`CliArgsError` when livekit refuses them.
+
+    livekit-agents 1.8 builds its CLI (typer) only inside ``cli.run_app``, which also runs
+    the command; its private ``_legacy._build_cli`` is the only way to parse a command line
+    first, before settings are read and a worker is built from them.
+    """
+    group = _cli_group()
+    parent = group.context_class(group, info_name=prog)
+    cli_command = group.get_command(parent, command)
+    if cli_command is None:
+        raise CliArgsError(f"livekit's CLI has no command {command!r}")
+    args = ["--help" if arg == "-h" else arg for arg in args]
+    try:
+        cli_command.make_context(command, args, parent=parent)
+    except typer.Exit:  # raised once the help is printed
+        return False
+    except typer.exceptions.TyperException as exc:
+        raise CliArgsError(exc.format_message().rstrip(".")) from None
+    return True
+
+
 __all__ = [
     "CONNECT_FAILED_PREFIX",
+    "CliArgsError",
+    "cli_commands",
     "connection_failure",
     "default_load",
     "is_give_up_traceback",
+    "parse_cli_args",
     "set_live",
 ]

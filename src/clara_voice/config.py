@@ -265,6 +265,17 @@ class Settings(ServiceSettings):
         description="The one room the page's tokens are for (default: the room the person types).",
     )
 
+    # -- the demo (`python -m clara_voice demo`; its server listens where LIVEKIT_URL says) --
+    demo_rtc_port: int = Field(
+        default=7882, ge=1, le=65535, description="UDP port of the demo's LiveKit server for media."
+    )
+    livekit_server_bin: Path | None = Field(
+        default=None,
+        validation_alias="LIVEKIT_SERVER_BIN",
+        description="livekit-server binary the demo runs (default: `make livekit-server`'s, "
+        "else the PATH's).",
+    )
+
     @field_validator(
         "livekit_url",
         "web_livekit_url",
@@ -295,6 +306,7 @@ class Settings(ServiceSettings):
         "web_livekit_url",
         "web_room",
         "database_url",
+        "livekit_server_bin",
         mode="before",
     )
     @classmethod

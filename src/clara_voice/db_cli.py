@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import sqlite3
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from clara_voice._redact import redact
@@ -28,12 +27,8 @@ from clara_voice.persistence._postgres_schema import SCHEMA_VERSION as POSTGRES_
 from clara_voice.persistence.base import BackendError
 
 
-def main(argv: Sequence[str], settings: Settings) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clara_voice db")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="bring the store's schema up to date")
-    commands.add_parser("status", help="the store's schema version and this build's")
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """The ``db`` command, its arguments parsed by ``_cli.db_parser``."""
     if settings.backend == "http":
         print(
             "clara_voice db: CLARA_BACKEND=http keeps conversations in your own backend; "

@@ -8,6 +8,9 @@
 - ``replay [KEY ...]``: deliver the dead letters (all, or the given keys) to the configured
   backend; each one the backend takes leaves the dead letters. Exit 0 when every one was
   delivered, 1 otherwise (the others stay, with a line saying why).
+
+Its command line is parsed, and its help printed, by :mod:`clara_voice._cli`, before
+settings are read.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from clara_voice._redact import redact
@@ -26,14 +28,8 @@ from clara_voice.persistence.factory import build_backend
 from clara_voice.persistence.outbox import OUTBOX_DIRNAME
 
 
-def main(argv: Sequence[str], settings: Settings) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clara_voice outbox")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("status", help="waiting records and dead letters, per file")
-    commands.add_parser("dead-letters", help="every dead letter, as JSON lines")
-    replaying = commands.add_parser("replay", help="deliver dead letters to the backend")
-    replaying.add_argument("keys", nargs="*", help="only these records (default: all)")
-    args = parser.parse_args(argv)
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """The ``outbox`` command, its command line parsed (``_cli.outbox_parser``)."""
     directory = settings.data_dir / OUTBOX_DIRNAME
     if args.command == "status":
         return _status(directory)

@@ -37,7 +37,7 @@ async def erin(
         argv = [sys.executable, "-m", "testkit.client_proc", livekit_server.url]
         argv += [livekit_server.token(identity, room), room, identity]
         env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        env["PYTHONPATH"] = str(ROOT)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "src")])  # this tree's
         processes.append(await ClientProcess.start(outage.command(argv), env))
         await processes[-1].wait_event("joined")
         return processes[-1]

@@ -179,17 +179,39 @@ def build_tts(spec: TTSSpec, settings: Settings) -> tts.TTS[Any]:
     )
 
 
-def missing_keys(settings: Settings) -> list[str]:
-    """One line per cloud provider that is selected but has no API key."""
-    problems = []
+@dataclass(frozen=True, kw_only=True)
+class MissingKey:
+    """A selected cloud provider without its API key."""
+
+    variable: str
+    """The key to set: ``DEEPGRAM_API_KEY`` or ``OPENAI_API_KEY``."""
+    user: str
+    """What needs it (``CLARA_STT_PROVIDER=deepgram``, ``the OpenAI LLM``...)."""
+    kind: str
+    """``STT``, ``LLM`` or ``TTS``: ``CLARA_<kind>_BASE_URL`` names a keyless server."""
+
+    def __str__(self) -> str:
+        return (
+            f"missing setting {self.variable}: {self.user} needs it "
+            f"(or set CLARA_{self.kind}_BASE_URL to a compatible server that needs no key)"
+        )
+
+
+def missing_provider_keys(settings: Settings) -> list[MissingKey]:
+    """Every cloud provider that is selected but has no API key, in the chains' order."""
+    missing = []
     for index, spec in enumerate(stt_chain(settings)):
         where = "CLARA_STT_PROVIDER" if index == 0 else f"CLARA_STT_FALLBACKS[{index - 1}]"
         if spec.base_url or spec.api_key:
             continue
         if spec.provider == "deepgram" and settings.deepgram_api_key is None:
-            problems.append(_missing("DEEPGRAM_API_KEY", f"{where}=deepgram", "CLARA_STT"))
+            missing.append(
+                MissingKey(variable="DEEPGRAM_API_KEY", user=f"{where}=deepgram", kind="STT")
+            )
         if spec.provider == "openai" and settings.openai_api_key is None:
-            problems.append(_missing("OPENAI_API_KEY", f"{where}=openai", "CLARA_STT"))
+            missing.append(
+                MissingKey(variable="OPENAI_API_KEY", user=f"{where}=openai", kind="STT")
+            )
     endpoints: list[tuple[str, list[tuple[str | None, SecretStr | None]]]] = [
         ("LLM", [(spec.base_url, spec.api_key) for spec in llm_chain(settings)]),
         ("TTS", [(spec.base_url, spec.api_key) for spec in tts_chain(settings)]),
@@ -199,15 +221,13 @@ def missing_keys(settings: Settings) -> list[str]:
             if base_url or api_key or settings.openai_api_key is not None:
                 continue
             where = f"the OpenAI {kind}" if index == 0 else f"CLARA_{kind}_FALLBACKS[{index - 1}]"
-            problems.append(_missing("OPENAI_API_KEY", where, f"CLARA_{kind}"))
-    return list(dict.fromkeys(problems))
+            missing.append(MissingKey(variable="OPENAI_API_KEY", user=where, kind=kind))
+    return list(dict.fromkeys(missing))
 
 
-def _missing(variable: str, user: str, prefix: str) -> str:
-    return (
-        f"missing setting {variable}: {user} needs it "
-        f"(or set {prefix}_BASE_URL to a compatible server that needs no key)"
-    )
+def missing_keys(settings: Settings) -> list[str]:
+    """One line per cloud provider that is selected but has no API key."""
+    return list(dict.fromkeys(map(str, missing_provider_keys(settings))))
 
 
 def _key(own: SecretStr | None, provider: SecretStr | None, base_url: str | None) -> str:
