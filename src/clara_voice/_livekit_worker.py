@@ -7,15 +7,16 @@ tests/test_worker_process.py fail loudly when a livekit upgrade moves one of the
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import typer
 import typer.exceptions
 import typer.main
-from livekit.agents import AgentServer, WorkerOptions
+from livekit.agents import AgentServer
+from livekit.agents.log import logger
 
 CONNECT_FAILED_PREFIX = "failed to connect to livekit"
 """How livekit-agents 1.8 begins the warning it logs before each connection retry."""
@@ -34,12 +35,31 @@ def set_live(server: AgentServer, live: bool) -> None:
     server._connection_failed = not live
 
 
-def default_load() -> Callable[..., float]:
-    """livekit's own load function (its CPU measurement), as its public options default to:
-    clara_voice adds its agents' trouble to it instead of measuring the CPU a second time."""
-    field = next(f for f in dataclasses.fields(WorkerOptions) if f.name == "load_fnc")
-    load: Callable[..., float] = field.default  # type: ignore[assignment]
-    return load
+async def drain(server: AgentServer, bound: float | None) -> None:
+    """livekit's ``AgentServer.drain``: no new jobs, then wait (at most ``bound`` seconds;
+    ``None`` or 0: no bound) until every running job has ended.
+
+    livekit-agents 1.8's own waits with ``await proc.join()`` in a loop over the pool's
+    processes that never yields once a job's process has ended but the pool's task has
+    not yet dropped it: when two jobs end together (a node closing its empty rooms at
+    once), the worker spun at 100 % CPU and never exited. This is its steps, yielding to
+    the pool between rounds. It uses the server's private lock, flag and pool, as livekit's
+    ``drain`` does.
+    """
+    async with server._lock:
+        if server._draining:
+            return
+        logger.info("draining worker", extra={"id": server.id, "timeout": bound})
+        server._draining = True
+        await server._update_worker_status()
+
+        async def jobs_ended() -> None:
+            await asyncio.gather(*server._job_lifecycle_tasks, return_exceptions=True)
+            while running := [p for p in server._proc_pool.processes if p.running_job]:
+                await asyncio.gather(*(p.join() for p in running), return_exceptions=True)
+                await asyncio.sleep(0)  # the pool drops an ended process in its own task
+
+        await asyncio.wait_for(jobs_ended(), bound or None)
 
 
 def connection_failure(record: logging.LogRecord) -> tuple[bool, Any]:
@@ -104,7 +124,7 @@ __all__ = [
     "CliArgsError",
     "cli_commands",
     "connection_failure",
-    "default_load",
+    "drain",
     "is_give_up_traceback",
     "parse_cli_args",
     "set_live",

@@ -220,6 +220,25 @@ class AgentGauges:
 # -- the worker process's side ------------------------------------------------------------
 
 _worker_load: Gauge | None = None
+_worker_info: Gauge | None = None
+_worker_labels: dict[str, str] = {}
+
+
+def worker_info(*, worker_id: str, node_id: str) -> None:
+    """``clara_worker_info{worker_id, node_id} 1``: where the worker registered (the series
+    of an earlier registration goes to 0)."""
+    global _worker_info
+    if _worker_info is None:
+        _worker_info = Gauge(
+            "clara_worker_info",
+            "1: this worker's id at LiveKit and the node it registered with.",
+            ["worker_id", "node_id"],
+            multiprocess_mode="livemax",
+        )
+    if _worker_labels:
+        _worker_info.labels(**_worker_labels).set(0)
+    _worker_labels.update(worker_id=worker_id, node_id=node_id)
+    _worker_info.labels(**_worker_labels).set(1)
 
 
 def worker_load() -> Gauge:
@@ -366,5 +385,6 @@ __all__ = [
     "set_memory_mb",
     "sweep_dead_processes",
     "unhealthy_agents",
+    "worker_info",
     "worker_load",
 ]

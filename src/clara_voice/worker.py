@@ -40,9 +40,10 @@ import aiohttp
 from livekit import api
 from livekit.agents import AgentServer, JobContext, JobProcess, inference
 from livekit.agents.cli import AgentsConsole
-from livekit.agents.utils import aio
+from livekit.agents.types import NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import aio, is_given
 
-from clara_voice import telemetry
+from clara_voice import _livekit_worker, telemetry
 from clara_voice._livekit_worker import connection_failure, is_give_up_traceback, set_live
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from clara_voice.config import Settings
@@ -166,6 +167,12 @@ class ClaraWorker(AgentServer):
         finally:
             livekit_logger.removeFilter(watch)
 
+    async def drain(self, timeout: NotGivenOr[int | None] = NOT_GIVEN) -> None:  # noqa: ASYNC109
+        """SIGTERM: take no new jobs, wait for the running ones (``CLARA_DRAIN_TIMEOUT``);
+        livekit's steps without its spin when two jobs end together (_livekit_worker)."""
+        bound = timeout if is_given(timeout) else self.settings.drain_timeout
+        await _livekit_worker.drain(self, bound)
+
     def _load(self) -> float:
         """The worker's load as LiveKit sees it: its own (fleet/load.py)."""
         return self.admission.read()
@@ -204,9 +211,12 @@ class ClaraWorker(AgentServer):
         self.registered = False
         self.last_connection_error = error
 
-    def _on_registered(self, worker_id: str, *_: Any) -> None:
+    def _on_registered(self, worker_id: str, server_info: Any = None, *_: Any) -> None:
+        node = getattr(server_info, "node_id", "") or ""
         if self.last_connection_error is not None:
             log.info("connected to the LiveKit server", extra={"url": self.settings.livekit_url})
+        log.info("worker registered with LiveKit", extra={"worker_id": worker_id, "node": node})
+        telemetry.worker_info(worker_id=worker_id, node_id=node)
         self.registered = True
         self._registered.set()
         self.last_connection_error = None
@@ -295,13 +305,14 @@ async def entrypoint(
         **ctx.log_context_fields,
         "job_id": ctx.job.id,
         "room": ctx.job.room.name,
+        "worker_id": ctx.worker_id,  # where the room landed
     }
     agent = ClaraVoiceAgent(
         ctx.room,
         settings,
         pipeline=(pipeline_factory or build_pipeline_factory)(settings, ctx.proc),
         backend=build_backend(settings),
-        log_context={"job_id": ctx.job.id, "room": ctx.job.room.name},
+        log_context={"job_id": ctx.job.id, "room": ctx.job.room.name, "worker_id": ctx.worker_id},
     )
     agents: dict[str, ClaraVoiceAgent] = ctx.proc.userdata.setdefault(AGENTS_USERDATA_KEY, {})
     agents[ctx.job.id] = agent
