@@ -10,6 +10,7 @@ native handle, so every property the agent reads is the SDK's own.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
 import itertools
 from collections.abc import Awaitable, Callable, Mapping
@@ -33,6 +34,7 @@ def make_participant(
     attributes: Mapping[str, str] | None = None,
     metadata: str = "",
     sid: str | None = None,
+    joined_at_ms: int = 0,
 ) -> rtc.RemoteParticipant:
     """A real ``rtc.RemoteParticipant`` (no FFI handle behind it)."""
     info = participant_pb2.ParticipantInfo(
@@ -42,6 +44,7 @@ def make_participant(
         metadata=metadata,
         kind=kind,  # type: ignore[arg-type]
         attributes=dict(attributes or {}),
+        joined_at=joined_at_ms,  # the SDK's field is in ms
     )
     owned = participant_pb2.OwnedParticipant(handle=handle_pb2.FfiOwnedHandle(id=0), info=info)
     return rtc.RemoteParticipant(owned)
@@ -77,6 +80,7 @@ class FakeLocalParticipant:
     def __init__(self, identity: str = "agent-clara") -> None:
         self.identity = identity
         self.sid = "PA_agent"
+        self.joined_at: datetime.datetime | None = datetime.datetime.now(datetime.UTC)
         self.attributes: dict[str, str] = {}
         self.rpc_handlers: dict[str, Callable[[rtc.RpcInvocationData], Awaitable[str]]] = {}
         self.attribute_writes: list[dict[str, str]] = []

@@ -1,7 +1,8 @@
 """AgentPresence: a room job's Clara says it is alive, and steps aside for a live one.
 
 Every ``HEARTBEAT_INTERVAL`` seconds the agent writes its heartbeat, the agent attribute
-``clara.heartbeat`` (unix ms), through the room's one attribute writer. The room watchers
+``clara.heartbeat`` (unix ms), through the room's one attribute writer, which sends each
+beat at once (``AgentAttributes.beat``). The room watchers
 of the fleet (:mod:`clara_voice.fleet.watcher`) and the page read it: an agent whose
 heartbeat stopped changing for ``CLARA_AGENT_DEAD_AFTER`` seconds is dead (its worker
 crashed) even while LiveKit still lists it, which it does for about 20 s.
@@ -20,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from livekit import rtc
+from livekit import api, rtc
 from livekit.agents.types import ATTRIBUTE_AGENT_NAME
 from livekit.agents.utils import aio
 
@@ -42,9 +43,15 @@ def is_clara(participant: Any, agent_name: str) -> bool:
 
 
 def joined_ms(participant: Any) -> int:
-    """When ``participant`` joined (ms since the epoch; now, when the server has not said)."""
-    info = getattr(participant, "_info", participant)
-    return int(info.joined_at_ms or info.joined_at * 1000 or time.time() * 1000)
+    """When ``participant`` joined, in ms since the epoch (now, when nobody has said): the
+    server API's ``ParticipantInfo`` carries ``joined_at_ms``, the SDK's participants (this
+    job's view of the room) a ``joined_at`` datetime."""
+    if isinstance(participant, api.ParticipantInfo):
+        ms = participant.joined_at_ms or participant.joined_at * 1000
+    else:
+        at = participant.joined_at
+        ms = at.timestamp() * 1000 if at is not None else 0
+    return int(ms or time.time() * 1000)
 
 
 class AgentPresence:
@@ -101,7 +108,7 @@ class AgentPresence:
         ticker = aio.interval(HEARTBEAT_INTERVAL)
         while True:
             await ticker.tick()
-            self._attributes.set(HEARTBEAT_ATTRIBUTE, str(int(time.time() * 1000)))
+            self._attributes.beat(HEARTBEAT_ATTRIBUTE, str(int(time.time() * 1000)))
 
     def _older(self, other: rtc.Participant) -> bool:
         """Whether ``other`` came first (the one that stays when both are alive)."""

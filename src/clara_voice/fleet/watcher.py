@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -73,8 +73,10 @@ class RoomWatcher:
         interval: float,
         dead_after: float,
         log: ContextLogger,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = lkapi
+        self._clock = clock
         self._agent_name = agent_name
         self._interval = interval
         self._dead_after = dead_after
@@ -109,7 +111,7 @@ class RoomWatcher:
 
     async def round(self) -> None:
         """One look at every room."""
-        now = time.monotonic()
+        now = self._clock()
         rooms = await self._call(self._api.room.list_rooms(api.ListRoomsRequest()))
         seen: set[tuple[str, str]] = set()
         for room in rooms.rooms:

@@ -1,0 +1,147 @@
+"""RoomWatcher's rounds against a fake of the server API: which rooms get a Clara, which
+Clara is dead. The real server's side is tests/e2e/test_fleet.py."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from livekit import api, rtc
+from livekit.agents.types import ATTRIBUTE_AGENT_NAME
+
+from clara_voice.fleet.presence import HEARTBEAT_ATTRIBUTE
+from clara_voice.fleet.watcher import JOIN_GRACE, RoomWatcher
+from clara_voice.logging import get_logger
+
+DEAD_AFTER = 4.0
+
+
+class FakeRoomService:
+    def __init__(self) -> None:
+        self.rooms: dict[str, list[api.ParticipantInfo]] = {}
+        self.removed: list[tuple[str, str]] = []
+
+    async def list_rooms(self, _: api.ListRoomsRequest) -> api.ListRoomsResponse:
+        rooms = [api.Room(name=n, num_participants=len(ps)) for n, ps in self.rooms.items()]
+        return api.ListRoomsResponse(rooms=rooms)
+
+    async def list_participants(self, req: api.ListParticipantsRequest) -> Any:
+        return api.ListParticipantsResponse(participants=self.rooms[req.room])
+
+    async def remove_participant(self, req: api.RoomParticipantIdentity) -> None:
+        self.removed.append((req.room, req.identity))
+        self.rooms[req.room] = [p for p in self.rooms[req.room] if p.identity != req.identity]
+
+
+class FakeDispatchService:
+    def __init__(self) -> None:
+        self.dispatched: list[tuple[str, str]] = []
+
+    async def create_dispatch(self, req: api.CreateAgentDispatchRequest) -> None:
+        self.dispatched.append((req.room, req.agent_name))
+
+
+class FakeAPI:
+    def __init__(self) -> None:
+        self.room = FakeRoomService()
+        self.agent_dispatch = FakeDispatchService()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def person(identity: str, *, joined_s_ago: float) -> api.ParticipantInfo:
+    return api.ParticipantInfo(
+        identity=identity,
+        kind=api.ParticipantInfo.Kind.STANDARD,
+        joined_at_ms=int((time.time() - joined_s_ago) * 1000),
+    )
+
+
+def clara(identity: str, heartbeat: str, *, name: str = "clara") -> api.ParticipantInfo:
+    return api.ParticipantInfo(
+        identity=identity,
+        kind=rtc.ParticipantKind.PARTICIPANT_KIND_AGENT,  # type: ignore[arg-type]
+        attributes={ATTRIBUTE_AGENT_NAME: name, HEARTBEAT_ATTRIBUTE: heartbeat},
+        joined_at_ms=int(time.time() * 1000),
+    )
+
+
+@pytest.fixture
+def lkapi() -> FakeAPI:
+    return FakeAPI()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def watcher(lkapi: FakeAPI, clock: Clock) -> RoomWatcher:
+    return RoomWatcher(
+        lkapi,  # type: ignore[arg-type]
+        agent_name="clara",
+        interval=1.0,
+        dead_after=DEAD_AFTER,
+        log=get_logger("test.watcher"),
+        clock=clock,
+    )
+
+
+async def test_a_room_with_a_person_and_no_clara_gets_one_dispatch(
+    watcher: RoomWatcher, lkapi: FakeAPI, clock: Clock
+) -> None:
+    lkapi.room.rooms = {"call": [person("ada", joined_s_ago=JOIN_GRACE + 1)], "empty": []}
+    await watcher.round()
+    assert lkapi.agent_dispatch.dispatched == [("call", "clara")]
+    clock.now += 1
+    await watcher.round()  # its Clara is still starting: not dispatched twice
+    assert len(lkapi.agent_dispatch.dispatched) == 1
+
+
+async def test_a_person_who_just_joined_is_left_to_the_rooms_own_dispatch(
+    watcher: RoomWatcher, lkapi: FakeAPI
+) -> None:
+    lkapi.room.rooms = {"call": [person("ada", joined_s_ago=0.5)]}
+    await watcher.round()
+    assert lkapi.agent_dispatch.dispatched == []
+
+
+async def test_a_clara_whose_heartbeat_moves_is_live_and_one_that_stops_is_replaced(
+    watcher: RoomWatcher, lkapi: FakeAPI, clock: Clock
+) -> None:
+    ada = person("ada", joined_s_ago=60)
+    for beat in range(10):  # ten seconds of heartbeats, one a second
+        lkapi.room.rooms = {"call": [ada, clara("agent-1", str(beat))]}
+        await watcher.round()
+        clock.now += 1
+    assert lkapi.room.removed == [] and lkapi.agent_dispatch.dispatched == []
+
+    for _ in range(int(DEAD_AFTER) - 1):  # its worker crashed: the heartbeat stands still
+        await watcher.round()
+        clock.now += 1
+    assert lkapi.room.removed == []  # not yet: still within CLARA_AGENT_DEAD_AFTER
+    await watcher.round()  # still for CLARA_AGENT_DEAD_AFTER seconds
+    assert lkapi.room.removed == [("call", "agent-1")]
+    assert lkapi.agent_dispatch.dispatched == [("call", "clara")]
+
+
+async def test_another_agent_or_a_room_of_agents_alone_is_not_claras_business(
+    watcher: RoomWatcher, lkapi: FakeAPI, clock: Clock
+) -> None:
+    lkapi.room.rooms = {
+        "other": [person("ada", joined_s_ago=60), clara("agent-x", "1", name="translator")],
+        "alone": [clara("agent-2", "1")],
+    }
+    for _ in range(int(DEAD_AFTER) + 2):
+        await watcher.round()
+        clock.now += 1
+    assert lkapi.agent_dispatch.dispatched == [("other", "clara")]  # no Clara of its name
+    assert lkapi.room.removed == []  # nobody to serve in "alone": left to LiveKit
