@@ -31,7 +31,8 @@ from livekit import api
 
 from clara_voice._livekit_server import ServerBinaryError, find_server_binary, server_config
 from testkit.redis_server import RedisServer
-from testkit.server_process import ServerProcess, free_port
+from testkit.server_process import ServerProcess
+from testkit.server_process import free_port as free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = ROOT / "scripts" / "livekit-server"

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from testkit.server_process import free_port
+from testkit.server_process import free_port as free_port
 
 API_KEY = "clara-test-key"
 API_SECRET = "clara-test-secret-0123456789abcdefghijklmnop"  # ≥ 32 characters
@@ -251,6 +251,11 @@ class WorkerProcess:
         code = await self.wait_exit(timeout)
         return code, time.monotonic() - started
 
+    async def crash(self) -> None:
+        """SIGKILL the worker and its job processes at once, as a machine or a pod dies."""
+        os.killpg(self.pgid, signal.SIGKILL)
+        await self.wait_exit(DRAIN_BOUND)
+
     async def wait_group_gone(self, timeout: float = 5.0) -> list[int]:
         """Wait until every process of the worker's group has exited; the survivors."""
         with contextlib.suppress(TimeoutError):
@@ -275,7 +280,7 @@ async def running_worker(
     env: dict[str, str], cwd: Path, command: Sequence[str] | None = None
 ) -> AsyncIterator[WorkerProcess]:
     """``command`` (``python -m clara_voice start`` by default) in its own process group,
-    killed on the way out."""
+    killed on the way out; all it wrote is left in ``cwd / "worker.log"``."""
     proc = await asyncio.create_subprocess_exec(
         *(command or (sys.executable, "-m", "clara_voice", "start")),
         cwd=cwd,
@@ -295,6 +300,7 @@ async def running_worker(
         yield worker
     finally:
         await worker.finish()
+        (cwd / "worker.log").write_text(worker.all_output())
 
 
 def exists(path: str | Path) -> bool:

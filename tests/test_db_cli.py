@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from clara_voice import db_cli
+from clara_voice import _cli, db_cli
 from clara_voice.config import load_settings
 from clara_voice.persistence import _postgres_schema, sqlite
 from testkit.postgres import PostgresServer
@@ -17,7 +17,7 @@ from testkit.worker import free_port, run_clara
 
 def db(capsys: pytest.CaptureFixture[str], *args: str, **settings: object) -> tuple[int, str]:
     """Run the command in this process: its exit code and everything it printed."""
-    code = db_cli.main(args, load_settings(**settings))
+    code = db_cli.main(_cli.db_parser().parse_args(args), load_settings(**settings))
     out = capsys.readouterr()
     return code, out.out + out.err
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from clara_voice import db_cli, outbox_cli
+from clara_voice import _cli, db_cli, outbox_cli
 from clara_voice.config import Settings, load_settings
 from clara_voice.logging import build_formatter
 from clara_voice.persistence.factory import build_backend
@@ -293,9 +293,12 @@ async def test_a_database_refusing_or_out_of_reach_never_shows_a_secret(
             data_dir=data, backend="postgres", database_url=url, backend_timeout=2
         )
         await deliver_one_turn(settings, tmp_path / "worker")
-        assert await asyncio.to_thread(db_cli.main, ["status"], settings) == 1
-        assert await asyncio.to_thread(db_cli.main, ["migrate"], settings) == 1
-        assert await asyncio.to_thread(outbox_cli.main, ["replay"], settings) == 1
+        for command, main, parser in (
+            ("status", db_cli.main, _cli.db_parser),
+            ("migrate", db_cli.main, _cli.db_parser),
+            ("replay", outbox_cli.main, _cli.outbox_parser),
+        ):
+            assert await asyncio.to_thread(main, parser().parse_args([command]), settings) == 1
         printed = capsys.readouterr()
         assert error in printed.err and error in rendered.getvalue()
         assert_no_marker(printed.out + printed.err)

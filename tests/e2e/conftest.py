@@ -152,30 +152,51 @@ async def providers() -> AsyncIterator[Providers]:
 StartClara = Callable[..., Awaitable[WorkerProcess]]
 
 
+StartWorker = Callable[..., Awaitable[WorkerProcess]]
+
+
 @pytest.fixture
-async def clara(
-    livekit_server: LiveKitServer, providers: Providers, tmp_path: Path
-) -> AsyncIterator[StartClara]:
-    """Start ``python -m clara_voice start`` (or ``command``) against the server (extra
-    settings as keyword arguments); it is killed, with its process group, when the test
-    ends."""
+async def workers(providers: Providers, tmp_path: Path) -> AsyncIterator[StartWorker]:
+    """Start workers (``python -m clara_voice start``, or ``command``) against any server:
+    ``start(server, name, **settings)``; each has its folder ``tmp_path / name`` (its data
+    directory inside; no name: ``tmp_path`` itself) and is killed, with its process group,
+    when the test ends."""
     async with AsyncExitStack() as stack:
 
-        async def start(command: Sequence[str] | None = None, **settings: str) -> WorkerProcess:
+        async def start(
+            server: LiveKitServer,
+            name: str = "",
+            command: Sequence[str] | None = None,
+            **settings: str,
+        ) -> WorkerProcess:
+            folder = tmp_path / name
+            folder.mkdir(exist_ok=True)
             env = worker_env(
-                url=livekit_server.url,
-                api_key=livekit_server.api_key,
-                api_secret=livekit_server.api_secret,
+                url=server.url,
+                api_key=server.api_key,
+                api_secret=server.api_secret,
                 http_port=free_port(),
-                CLARA_DATA_DIR=str(tmp_path / "data"),
+                CLARA_DATA_DIR=str(folder / "data"),
                 CLARA_RECONNECT_GRACE_PERIOD="5",
                 **providers.env(),
             )
             env.update(settings)
-            worker = await stack.enter_async_context(running_worker(env, tmp_path, command))
+            worker = await stack.enter_async_context(running_worker(env, folder, command))
             await worker.wait_line(
                 is_event("registered worker"), "saying it registered", timeout=STARTUP_TIMEOUT
             )
             return worker
 
         yield start
+
+
+@pytest.fixture
+async def clara(livekit_server: LiveKitServer, workers: StartWorker) -> StartClara:
+    """Start ``python -m clara_voice start`` (or ``command``) against the session's server
+    (extra settings as keyword arguments), its data in ``tmp_path / "data"``; it is killed,
+    with its process group, when the test ends."""
+
+    async def start(command: Sequence[str] | None = None, **settings: str) -> WorkerProcess:
+        return await workers(livekit_server, "", command, **settings)
+
+    return start

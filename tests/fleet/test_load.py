@@ -35,8 +35,8 @@ class Clock:
 
 
 def test_another_programs_cpu_is_not_the_workers_load() -> None:
-    """Regression (issue 17, item 1): livekit's default load is the whole machine's CPU, so
-    a worker on a machine other programs keep busy declined every job."""
+    """Regression (issue 17, item 1; issue 19's demo): livekit's default load is the whole
+    machine's CPU, so a worker on a machine other programs keep busy declined every job."""
     hog = multiprocessing.get_context("spawn").Process(target=burn, args=(3.0,))
     hog.start()  # a child of the test process, not of the "worker" measured below
     try:

@@ -29,7 +29,7 @@ from tests.fuzz.conftest import Watch, budget, deeply_nested, texts
 
 SURFACE = budget("backend")
 TIMEOUT = 0.1
-RETRYABLE = {401, 403, 408, 429}
+RETRYABLE = {401, 403, 404, 405, 408, 429}  # 404/405: a wrong CLARA_BACKEND_URL, fixable
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts(max_size=12),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from clara_voice import outbox_cli
+from clara_voice import _cli, outbox_cli
 from clara_voice.config import load_settings
 from clara_voice.persistence.dead_letters import dead_letters
 from clara_voice.persistence.outbox import OUTBOX_DIRNAME
@@ -71,7 +71,7 @@ def test_outbox_replay_delivers_dead_letters_to_postgres(
 ) -> None:
     asyncio.run(leave_dead_letters(data))  # turns 1 and 3 of s1, refused by another backend
     settings = load_settings(data_dir=data, backend="postgres", database_url=postgres_dsn)
-    assert outbox_cli.main(["replay"], settings) == 0
+    assert outbox_cli.main(_cli.outbox_parser().parse_args(["replay"]), settings) == 0
     assert capsys.readouterr().out.splitlines() == ["delivered turn:s1:1", "delivered turn:s1:3"]
     assert list(dead_letters(data / OUTBOX_DIRNAME)) == []
 
