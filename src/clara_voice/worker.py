@@ -41,6 +41,7 @@ from livekit.agents.cli import AgentsConsole
 from livekit.agents.utils import aio
 
 from clara_voice import telemetry
+from clara_voice._closing import session_end_timeout, within
 from clara_voice._livekit_worker import (
     connection_failure,
     default_load,
@@ -48,6 +49,7 @@ from clara_voice._livekit_worker import (
     set_live,
 )
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
+from clara_voice.agent.closing import backstop
 from clara_voice.config import Settings
 from clara_voice.logging import RenderFormat, configure_logging, get_logger
 from clara_voice.persistence.factory import build_backend
@@ -82,9 +84,11 @@ class ClaraWorker(AgentServer):
             port=settings.http_port,
             max_retry=settings.livekit_max_retry,
             drain_timeout=settings.drain_timeout,
-            # closing a job closes its sessions (pipelines bounded by CLOSE_TIMEOUT each) and
-            # flushes the outbox (CLARA_OUTBOX_FLUSH_TIMEOUT) before livekit kills it
+            # closing a job closes its sessions and flushes the outbox, all within the close's
+            # deadline (agent/closing.py); livekit's own wait for it ends before the job's
+            # shutdown timeout, so that nothing the close waits for can hold the job longer
             shutdown_process_timeout=settings.job_shutdown_timeout,
+            session_end_timeout=session_end_timeout(settings.job_shutdown_timeout),
             setup_fnc=partial(prewarm, settings=settings),
             prometheus_port=settings.prometheus_port,
             log_level=settings.log_level,  # the job processes' level too
@@ -337,8 +341,8 @@ async def end_of_job(ctx: JobContext) -> None:
 
 async def _close_agent(ctx: JobContext) -> None:
     agent = ctx.proc.userdata.get(AGENTS_USERDATA_KEY, {}).pop(ctx.job.id, None)
-    if agent is not None:
-        await agent.aclose()
+    if agent is not None:  # a hard bound, below livekit's own on end_of_job
+        await within(agent.aclose(), backstop(agent.settings), what="closing the agent", log=log)
 
 
 def build_pipeline_factory(settings: Settings, proc: JobProcess) -> PipelineFactory:
