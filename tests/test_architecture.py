@@ -22,6 +22,7 @@ SHARED = {
     "telemetry",
     "states",
     "_lifecycle",
+    "_closing",
     "_settings_errors",
     "_provider_specs",
     "_redact",

@@ -17,11 +17,13 @@ import pytest
 from livekit import rtc
 from livekit.agents import JobContext, JobExecutorType, JobProcess, Plugin
 
+from clara_voice import _closing
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE
 from clara_voice.config import Settings, load_settings
 from clara_voice.logging import LEVELLED_LOGGERS
 from clara_voice.persistence.sqlite import DB_FILENAME
 from clara_voice.worker import (
+    AGENTS_USERDATA_KEY,
     VAD_USERDATA_KEY,
     ClaraWorker,
     _ConnectionWatch,
@@ -31,7 +33,7 @@ from clara_voice.worker import (
     prewarm,
 )
 from testkit.fakes import FakeRoom, fake_factory, slow_closing_factory
-from testkit.tasks import settle
+from testkit.tasks import Stubborn, settle
 from testkit.worker import free_port
 
 
@@ -383,3 +385,36 @@ async def test_sessions_close_together_at_shutdown_within_the_bound_whatever_the
     assert len(stored_summaries(settings)) == 40
     # 40 closes of 0.5 s one after the other would take 20 s; together, one close's worth
     assert took < settings.job_shutdown_timeout, took
+
+
+async def test_the_jobs_close_ends_before_livekit_stops_waiting_whatever_the_agent_waits_for(
+    job_ctx: JobContext,
+    room: FakeRoom,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression (issue 17, item 5): livekit waited for the job's ``on_session_end`` for
+    its ``session_end_timeout``, 300 s, whatever ``CLARA_JOB_SHUTDOWN_TIMEOUT`` said, and
+    ``end_of_job`` waited for the agent's close as long as that took. Here the agent's
+    close never ends, even when cancelled."""
+    monkeypatch.setattr(_closing, "CANCEL_GRACE", 0.1)
+    settings = load_settings(data_dir=tmp_path / "data", job_shutdown_timeout=4.0)
+    assert ClaraWorker(settings)._session_end_timeout < settings.job_shutdown_timeout
+    room.join("alice")
+    await entrypoint(job_ctx, settings=settings, pipeline_factory=fake_factory)
+    await settle()
+    agent = job_ctx.proc.userdata[AGENTS_USERDATA_KEY][job_ctx.job.id]
+    close, work = agent.aclose, Stubborn()
+    agent.aclose = work.run
+    try:
+        await end_of_job(job_ctx)  # returns: the worker's bound is below livekit's
+
+        assert work.cancels == 1
+        [left] = [r for r in caplog.records if r.getMessage().endswith("left behind")]
+        assert left.__dict__["what"] == "closing the agent"
+    finally:
+        await work.finish()
+        await close()
+    await room.disconnect()
+    await run_shutdown_callbacks(job_ctx)

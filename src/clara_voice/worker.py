@@ -44,8 +44,10 @@ from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import aio, is_given
 
 from clara_voice import _livekit_worker, telemetry
+from clara_voice._closing import CANCEL_GRACE, session_end_timeout, within
 from clara_voice._livekit_worker import connection_failure, is_give_up_traceback, set_live
 from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
+from clara_voice.agent.closing import backstop
 from clara_voice.config import Settings
 from clara_voice.fleet.admission import Admission
 from clara_voice.fleet.job import join_fleet
@@ -84,9 +86,11 @@ class ClaraWorker(AgentServer):
             port=settings.http_port,
             max_retry=settings.livekit_max_retry,
             drain_timeout=settings.drain_timeout,
-            # closing a job closes its sessions (pipelines bounded by CLOSE_TIMEOUT each) and
-            # flushes the outbox (CLARA_OUTBOX_FLUSH_TIMEOUT) before livekit kills it
+            # closing a job closes its sessions and flushes the outbox, all within the close's
+            # deadline (agent/closing.py); livekit's own wait for it ends before the job's
+            # shutdown timeout, so that nothing the close waits for can hold the job longer
             shutdown_process_timeout=settings.job_shutdown_timeout,
+            session_end_timeout=session_end_timeout(settings.job_shutdown_timeout),
             setup_fnc=partial(prewarm, settings=settings),
             prometheus_port=settings.prometheus_port,
             log_level=settings.log_level,  # the job processes' level too
@@ -348,10 +352,10 @@ async def end_of_job(ctx: JobContext) -> None:
 async def _close_agent(ctx: JobContext) -> None:
     presence = ctx.proc.userdata.get(PRESENCE_USERDATA_KEY, {}).pop(ctx.job.id, None)
     if presence is not None:  # before the agent: it beats through the agent's attributes
-        await presence.aclose()
+        await within(presence.aclose(), CANCEL_GRACE, what="the agent's presence", log=log)
     agent = ctx.proc.userdata.get(AGENTS_USERDATA_KEY, {}).pop(ctx.job.id, None)
-    if agent is not None:
-        await agent.aclose()
+    if agent is not None:  # a hard bound, below livekit's own on end_of_job
+        await within(agent.aclose(), backstop(agent.settings), what="closing the agent", log=log)
 
 
 def build_pipeline_factory(settings: Settings, proc: JobProcess) -> PipelineFactory:

@@ -1,14 +1,19 @@
-"""Stopping the worker with live conversations: nothing is lost, every client is told."""
+"""Stopping the worker with live conversations: nothing is lost, every client is told;
+and a job whose room is deleted under it ends within its bound."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
 
-from testkit.checks import joined, store_rows, talk
+from livekit import api
+
+from testkit.checks import event, joined, store_rows, talk, wait_rows
 from testkit.human import Human
 from testkit.livekit_server import LiveKitServer
+from testkit.worker import LogLine, wait_exited
 from tests.e2e.conftest import Providers, StartClara
 
 DRAIN = 1.0
@@ -62,3 +67,51 @@ async def test_sigterm_mid_conversation_persists_every_summary_and_tells_every_c
     assert not worker.find(lambda line: line.get("level") in ("error", "critical")), worker.tail()
     await alice.leave()
     await bob.leave()
+
+
+def clara_error(line: LogLine) -> bool:
+    return str(line.get("logger", "")).startswith("clara_voice") and line.get("level") in (
+        "error",
+        "critical",
+    )
+
+
+async def test_a_room_deleted_while_a_leavers_session_closes_ends_the_job_within_its_bound(
+    livekit_server: LiveKitServer,
+    clara: StartClara,
+    room_name: str,
+    providers: Providers,
+    tmp_path: Path,
+) -> None:
+    """Regression (issue 17, item 5): a room deleted within about 50 ms of a participant
+    leaving, while that session's cleanup ran, hung the job process until livekit's
+    ``session_end_timeout`` (300 s): unpublishing the agent's track for that participant
+    waited for an answer the server never sends once the room is gone, the agent's close
+    waited for that cleanup, and livekit waited for the agent's close."""
+    providers.openai.replies = ["First answer."]
+    worker = await clara(CLARA_JOB_SHUTDOWN_TIMEOUT=str(JOB_SHUTDOWN))
+    alice = Human(livekit_server, room_name, "alice")
+    await joined(worker, alice)
+    await talk(alice, "Hello there", "First answer.")
+
+    async with livekit_server.api() as server_api:
+        await alice.leave()
+        # deleted as soon as the worker says alice's cleanup has begun (tens of ms later)
+        await worker.wait_line(event("cleaning up session", participant="alice"), "the cleanup")
+        await server_api.room.delete_room(api.DeleteRoomRequest(room=room_name))
+        deleted = time.monotonic()
+
+    ended = await worker.wait_line(
+        event("process exiting", room=room_name), "saying the job ended", timeout=JOB_SHUTDOWN
+    )
+    left = JOB_SHUTDOWN - (time.monotonic() - deleted)
+    await asyncio.wait_for(wait_exited([int(ended["pid"])]), max(left, 0.1))
+    took = time.monotonic() - deleted
+    print(f"\nroom deleted -> job process gone: {took:.1f} s")
+
+    assert took < JOB_SHUTDOWN, worker.tail()
+    rows = await wait_rows(
+        tmp_path / "data", "SELECT participant, message_count FROM sessions", count=1
+    )
+    assert rows == [("alice", 2)], worker.tail()
+    assert not worker.find(clara_error), worker.tail()  # a deleted room is no failure

@@ -17,6 +17,7 @@ import pytest
 from livekit import rtc
 
 from clara_voice.logging import get_logger
+from clara_voice.voice import privacy as privacy_module
 from clara_voice.voice.agent_state import agent_state_attribute, busiest_state
 from clara_voice.voice.privacy import DirectedLocalParticipant, ParticipantView
 from clara_voice.voice.streams import STREAM_BURST
@@ -36,6 +37,8 @@ class RecordingLocal(FakeLocalParticipant):
         self.track_publications: dict[str, Any] = {}
         self.sent: list[tuple[str, list[str] | None]] = []
         self.transcriptions = 0
+        self.unpublishing = asyncio.Event()
+        self.answers = True
         self._n = 0
 
     def set_track_subscription_permissions(
@@ -53,6 +56,9 @@ class RecordingLocal(FakeLocalParticipant):
         return publication
 
     async def unpublish_track(self, track_sid: str) -> None:
+        self.unpublishing.set()
+        if not self.answers:  # a room deleted under the unpublish: no answer ever comes
+            await asyncio.Event().wait()
         del self.track_publications[track_sid]
 
     async def publish_transcription(self, transcription: Any) -> None:
@@ -120,6 +126,46 @@ async def test_each_agent_track_is_granted_to_its_owner_only_and_goes_with_it(
     assert a.sid not in local(room).track_publications  # unpublished with the session
     assert local(room).permissions[-1] == (False, {"bob": [b.sid]})
     await alice.aclose()  # twice is fine
+
+
+async def test_closing_a_session_does_not_wait_for_a_room_that_is_gone(
+    room: ByteStreamRoom, privacy: Surface
+) -> None:
+    """Regression (issue 17, item 5): once a room is deleted the server never answers an
+    unpublish, and closing a session waited for one (``UNPUBLISH_TIMEOUT``, and before that
+    bound until livekit gave up on the job, 300 s), then logged an error for a room that was
+    simply gone. Its tracks went with it: there is nothing to unpublish."""
+    alice = privacy.view("alice")
+    await alice.local_participant.publish_track(object())
+    local(room).answers = False
+    room.connected = False
+
+    await alice.aclose()  # returns at once, raising nothing
+
+    assert not local(room).unpublishing.is_set()
+
+
+@pytest.mark.parametrize("gone", [True, False])
+async def test_an_unpublish_left_unanswered_is_bounded_and_a_failure_only_while_the_room_is_there(
+    room: ByteStreamRoom, privacy: Surface, monkeypatch: pytest.MonkeyPatch, gone: bool
+) -> None:
+    monkeypatch.setattr(privacy_module, "UNPUBLISH_TIMEOUT", 0.05)
+    alice = privacy.view("alice")
+    await alice.local_participant.publish_track(object())
+    local(room).answers = False
+
+    async def room_deleted() -> None:  # while the unpublish waits for its answer
+        await local(room).unpublishing.wait()
+        room.connected = not gone
+
+    deleted = asyncio.create_task(room_deleted())
+    if gone:
+        await alice.aclose()
+    else:  # the track may still be published: that is a failure
+        with pytest.raises(ExceptionGroup) as failed:
+            await alice.aclose()
+        assert failed.group_contains(TimeoutError)
+    await deleted
 
 
 async def test_a_republished_track_keeps_its_grant(room: ByteStreamRoom, privacy: Surface) -> None:

@@ -32,6 +32,8 @@ from livekit import rtc
 from livekit.agents.utils import aio
 
 from clara_voice import telemetry
+from clara_voice._closing import CANCEL_GRACE
+from clara_voice.agent.closing import ClosePlan
 from clara_voice.agent.conversation import Conversation
 from clara_voice.agent.health import HealthMonitor
 from clara_voice.agent.metrics import PerformanceMetrics
@@ -51,8 +53,6 @@ from clara_voice.voice.seams import PipelineFactory
 from clara_voice.voice.surface import RoomSurface
 from clara_voice.voice.turns import resolve_session_type
 
-SHUTDOWN_MARGIN = 2.0
-"""Seconds of ``CLARA_JOB_SHUTDOWN_TIMEOUT`` kept for what follows the sessions' close."""
 CONNECT_FAILED_MESSAGE = (
     "ClaraVoiceAgent failed to connect to the LiveKit server. Voice features will be unavailable."
 )
@@ -137,6 +137,10 @@ class ClaraVoiceAgent:
     def error_count(self) -> int:
         return self.metrics.error_count
 
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
     async def start(self) -> None:
         """Read the room's context, open persistence, then follow the room's participants;
         those already in the room get sessions now."""
@@ -157,34 +161,35 @@ class ClaraVoiceAgent:
     async def aclose(self) -> None:
         """Close every session, then stop; safe to call twice.
 
-        Sessions close concurrently, within ``CLARA_JOB_SHUTDOWN_TIMEOUT`` (less the
-        outbox's flush and a margin) however many there are; cleanups already under way
-        (a participant left, a grace period ran out) are waited for, not cancelled. Each
-        client gets its final ``ending`` event while the agent's link is up, and every
-        session's summary is written, even one whose cleanup ran out of time, before the
-        recorder flushes and closes.
+        Every step is bounded by the close's deadline (agent/closing.py), so the job ends
+        within ``CLARA_JOB_SHUTDOWN_TIMEOUT`` whatever it waits for. Sessions close together;
+        cleanups already under way (a participant left, a grace period ran out) are waited
+        for, not cancelled, while the deadline allows. Each client gets its final ``ending``
+        event while the agent's link is up, and every session's summary is written, even
+        one whose cleanup ran out of time, before the recorder flushes and closes.
         """
         if self._closed:
             return
         self._closed = True
-        await self._health.aclose()
+        plan = ClosePlan(self._settings, self._log)
+        await plan.step(self._health.aclose(), "health checks", limit=CANCEL_GRACE)
         if self._started:
             self._room.off("participant_connected", self._on_participant_connected)
             self._room.off("participant_disconnected", self._on_participant_disconnected)
         self._reconnection.close()
-        await self._revival.aclose()
-        await aio.cancel_and_wait(*self._tasks)  # joins still starting are abandoned
-        await self._close_sessions()
+        await plan.step(self._revival.aclose(), "pipeline rebuilds", limit=CANCEL_GRACE)
+        await plan.stop(self._tasks, "joins")  # joins still starting are abandoned
+        await self._close_sessions(plan)
         failures: list[BaseException] = []
         # sync after the sessions, so their last events go out; the surface after both
-        for close in (
-            self._sync.aclose,
-            self._pipelines.aclose,
-            self.surface.aclose,
-            self.conversation.aclose,
+        for what, close in (
+            ("session sync", self._sync.aclose),
+            ("pipelines", self._pipelines.aclose),
+            ("room surface", self.surface.aclose),
+            ("conversation", self.conversation.aclose),
         ):
             try:
-                await close()
+                await plan.step(close(), what)
             except Exception as exc:
                 failures.append(exc)
         self.registry.off("turn_completed", self.metrics.turn_completed)
@@ -194,20 +199,12 @@ class ClaraVoiceAgent:
             self._log.error("error while closing the agent", exc_info=failure)
         self._log.info("agent closed", extra={"errors": self.error_count})
 
-    async def _close_sessions(self) -> None:
-        settings = self._settings
-        budget = settings.job_shutdown_timeout - settings.outbox_flush_timeout - SHUTDOWN_MARGIN
+    async def _close_sessions(self, plan: ClosePlan) -> None:
         cleanups = self._cleanups | {
-            asyncio.create_task(self.cleanup_session(sid, reason="agent closed"))
+            asyncio.create_task(self.cleanup_session(sid, reason="agent closed"), name=sid)
             for sid in list(self.registry.sessions)
         }
-        if not cleanups:
-            return
-        done, late = await asyncio.wait(cleanups, timeout=max(budget, 1.0))
-        if late:  # their summaries are written all the same (cleanup_session's finally)
-            self._log.warning("sessions did not close in time", extra={"sessions": len(late)})
-            await aio.cancel_and_wait(*late)
-        for task in done - self._cleanups:  # those of _cleanups were logged by _on_task_done
+        for task in await plan.sessions(cleanups) - self._cleanups:  # _on_task_done logs those
             if not task.cancelled() and (exc := task.exception()) is not None:
                 self.count_error("session")
                 self._log.error("error while closing a session", exc_info=exc)

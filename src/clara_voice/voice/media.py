@@ -16,7 +16,6 @@ pipeline plays when the TTS itself failed a turn.
 
 from __future__ import annotations
 
-import asyncio
 import wave
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -27,6 +26,7 @@ from livekit.agents import AgentSession, APIError, tts
 from livekit.agents.types import APIConnectOptions
 from livekit.agents.voice import room_io
 
+from clara_voice._closing import finish_within
 from clara_voice.logging import ContextLogger
 from clara_voice.states import SessionType
 from clara_voice.voice.assistant import ClaraAssistant
@@ -95,7 +95,7 @@ class RoomMedia:
         )
         # the view stands in for the room (see _privacy): RoomIO only uses its public API
         link = room_io.RoomIO(agent_session, cast(rtc.Room, view), options=options)
-        room_link = _RoomLink(link, view)
+        room_link = _RoomLink(link, view, log)
         await link.start()
         try:
             await agent_session.start(assistant)
@@ -106,14 +106,16 @@ class RoomMedia:
 
 
 class _RoomLink:
-    def __init__(self, room_io: room_io.RoomIO, view: ParticipantView) -> None:
+    def __init__(self, room_io: room_io.RoomIO, view: ParticipantView, log: ContextLogger) -> None:
         self._room_io = room_io
         self.view = view
+        self.log = log
 
     async def aclose(self) -> None:
         try:
             # bounded: a room going away under it must not hold the session's cleanup
-            await asyncio.wait_for(self._room_io.aclose(), ROOM_IO_CLOSE_TIMEOUT)
+            closing = self._room_io.aclose()
+            await finish_within(closing, ROOM_IO_CLOSE_TIMEOUT, what="closing RoomIO", log=self.log)
         finally:
             # RoomIO's audio output never unpublishes its track: the view does
             await self.view.aclose()

@@ -26,7 +26,6 @@ Decisions:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,6 +39,7 @@ from livekit.agents.voice.events import (
     ErrorEvent,
 )
 
+from clara_voice._closing import finish_within
 from clara_voice.config import Settings
 from clara_voice.logging import ContextLogger, get_logger
 from clara_voice.states import SessionType
@@ -265,8 +265,9 @@ class LiveKitPipeline:
         self.agent_session.generate_reply(user_input=text)
 
     async def aclose(self) -> None:
-        """Close the AgentSession (bounded by CLOSE_TIMEOUT) and then its media, whatever
-        the first did; safe to call twice."""
+        """Close the AgentSession (within CLOSE_TIMEOUT, a hard bound: a close that does not
+        end when cancelled is left behind) and then its media, whatever the first did; safe
+        to call twice."""
         if self._closed:
             return
         self._closed = True
@@ -276,7 +277,8 @@ class LiveKitPipeline:
             push_to_talk.remove(self._identity, self.agent_session)
         failures: list[Exception] = []
         try:
-            await asyncio.wait_for(self.agent_session.aclose(), CLOSE_TIMEOUT)
+            closing = self.agent_session.aclose()
+            await finish_within(closing, CLOSE_TIMEOUT, what="closing AgentSession", log=self._log)
         except Exception as exc:
             failures.append(exc)
         finally:

@@ -17,24 +17,26 @@ only, through the room's single owners (:class:`~clara_voice.voice.surface.RoomS
 - byte and text stream handlers are registered for that participant's streams only
   (``streams``).
 
-Closing a view unpublishes what it published, revokes the grants, removes its stream
-handlers (closing their open streams) and the participant's agent-state attribute. Every
-other attribute and method is the room's own.
+Closing a view unpublishes what it published (each within ``UNPUBLISH_TIMEOUT``; not at all
+once the room is gone, which took the tracks with it), revokes the grants, removes its
+stream handlers (closing their open streams) and the participant's agent-state attribute.
+Every other attribute and method is the room's own.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from livekit import rtc
 from livekit.agents.types import ATTRIBUTE_AGENT_STATE
 
+from clara_voice._closing import within
 from clara_voice.voice.streams import StreamHandler, StreamKind
 from clara_voice.voice.surface import RoomSurface
 
 UNPUBLISH_TIMEOUT = 3.0
-"""Bound on unpublishing one of the agent's tracks when a conversation ends."""
+"""Bound on unpublishing one of the agent's tracks when a conversation ends (a room that
+is gone is not waited for at all)."""
 
 
 class ParticipantView:
@@ -82,15 +84,24 @@ class ParticipantView:
         failures: list[Exception] = []
         for publication in self.published:
             try:
-                # bounded: a room going away under the unpublish must not hold the cleanup
-                await asyncio.wait_for(
-                    self.local_participant.unpublish_track(publication.sid), UNPUBLISH_TIMEOUT
-                )
+                await self._unpublish(publication.sid)
             except Exception as exc:
                 failures.append(exc)
         self.published.clear()
         if failures:
             raise ExceptionGroup("could not unpublish the agent's tracks", failures)
+
+    async def _unpublish(self, track_sid: str) -> None:
+        # a room that is gone (deleted, or the agent's link lost for good) took the agent's
+        # tracks with it, and the server never answers an unpublish there: nothing to wait for
+        if self._room.isconnected():
+            unpublish = self.local_participant.unpublish_track(track_sid)
+            what = "unpublishing the agent's track"
+            if await within(unpublish, UNPUBLISH_TIMEOUT, what=what, log=self._surface.log):
+                return
+            if self._room.isconnected():
+                raise TimeoutError(f"the agent's track {track_sid} is still published")
+        self._surface.grants.revoke(self.identity, track_sid)
 
 
 class DirectedLocalParticipant:

@@ -41,6 +41,7 @@ class RoomSurface:
         on_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.room = room
+        self.log = log
         self.attributes = AgentAttributes(
             room, log=log, interval=attribute_interval, on_error=on_error
         )
