@@ -29,7 +29,7 @@ from clara_voice._settings_base import ENV_PREFIX, PositiveSeconds, ServiceSetti
 from clara_voice._settings_errors import SettingsError, describe, describe_unparsable
 from clara_voice.states import SessionType
 
-TurnDetection = Literal["vad", "stt", "eot", "transcript"]
+TurnDetection = Literal["combined", "vad", "stt", "eot", "transcript"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are Clara, a friendly and concise voice assistant. Your replies are spoken aloud: "
@@ -174,27 +174,26 @@ class Settings(ServiceSettings):
 
     # -- turn handling ----------------------------------------------------------------------
     turn_detection: TurnDetection = Field(
-        default="transcript",
-        description="voice-vad end of turn: `vad` (silence), `stt` (the STT's endpointing), "
-        "`eot` (livekit's bundled end-of-turn model) or `transcript` (whether the words "
-        "heard so far end a sentence).",
+        default="combined",
+        description="voice-vad end of turn: `combined` (waits longer when the words or the "
+        "sound say the sentence goes on), `vad`, `stt`, `eot` (livekit's model) or "
+        "`transcript` (docs/operations.md#turns).",
     )
     preemptive_generation: Literal["off", "llm", "llm_tts"] = Field(
         default="llm",
         description="Start the reply before the turn is confirmed: `llm` (livekit's default), "
         "`llm_tts` (the speech too) or `off`.",
     )
-    min_endpointing_delay: float = Field(
-        default=0.2,
+    min_endpointing_delay: float | None = Field(
+        default=None,
         ge=0,
-        description="Seconds after the end of speech before a finished turn ends (a turn "
-        "whose words end a sentence, or every turn with `vad`).",
+        description="Seconds after the end of speech before a turn ends; empty: the turn "
+        "detection's own.",
     )
-    max_endpointing_delay: float = Field(
-        default=1.2,
+    max_endpointing_delay: float | None = Field(
+        default=None,
         ge=0,
-        description="Seconds after the end of speech before an unfinished-sounding turn "
-        "ends (`transcript`, `eot`).",
+        description="The same when the sentence seems to go on; empty: the turn detection's own.",
     )
     allow_interruptions: bool = Field(
         default=True, description="Whether the participant can interrupt Clara by speaking."
@@ -202,11 +201,11 @@ class Settings(ServiceSettings):
     min_interruption_duration: float = Field(
         default=0.5, ge=0, description="Seconds of speech that count as an interruption."
     )
-    vad_min_silence_duration: float = Field(
-        default=0.2,
+    vad_min_silence_duration: float | None = Field(
+        default=None,
         gt=0,
-        description="Silence the VAD needs to end a speech segment; with `vad` turn "
-        "detection, 0.7 keeps mid-sentence pauses (docs/benchmarks.md).",
+        description="Silence the VAD needs to end a speech segment; empty: the turn "
+        "detection's own.",
     )
     vad_activation_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="VAD probability that starts speech."
@@ -249,7 +248,14 @@ class Settings(ServiceSettings):
         return _urls.check_http_url(value, credentials=ENV_PREFIX + secret)
 
     @field_validator(
-        "prometheus_port", "num_idle_processes", "load_threshold", "web_livekit_url", mode="before"
+        "prometheus_port",
+        "num_idle_processes",
+        "load_threshold",
+        "web_livekit_url",
+        "min_endpointing_delay",
+        "max_endpointing_delay",
+        "vad_min_silence_duration",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
