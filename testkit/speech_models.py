@@ -222,6 +222,40 @@ class PiperVoice:
         return Synthesized(np.concatenate(audio), self.sample_rate, tuple(ends), tuple(sounds))
 
 
+def wav_recognizer(whisper: Whisper) -> Any:
+    """(WAV bytes, language) -> text: what a Whisper server answers an upload with."""
+    import io
+    import wave
+
+    def recognize(data: bytes, language: str | None) -> str:
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            rate, channels = wav.getframerate(), wav.getnchannels()
+            pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+        if channels > 1:
+            pcm = pcm.reshape(-1, channels).mean(axis=1).astype(np.int16)
+        return whisper.transcribe(pcm, rate, language=language or "en").text
+
+    return recognize
+
+
+def speaking(voice: PiperVoice, sample_rate: int) -> Any:
+    """text -> int16 mono samples at ``sample_rate``: the Piper voice, resampled."""
+
+    def speak(text: str) -> np.ndarray:
+        said = voice.synthesize(text)
+        if said.sample_rate == sample_rate:
+            return said.samples
+        resampler = rtc.AudioResampler(
+            input_rate=said.sample_rate,
+            output_rate=sample_rate,
+            quality=rtc.AudioResamplerQuality.HIGH,
+        )
+        frames = [*resampler.push(bytearray(said.samples.tobytes())), *resampler.flush()]
+        return np.concatenate([np.frombuffer(f.data, dtype=np.int16) for f in frames])
+
+    return speak
+
+
 __all__ = [
     "WHISPER_RATE",
     "PiperVoice",
@@ -232,5 +266,7 @@ __all__ = [
     "WhisperName",
     "Word",
     "sound_count",
+    "speaking",
+    "wav_recognizer",
     "whisper_model_dir",
 ]
