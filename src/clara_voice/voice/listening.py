@@ -26,6 +26,7 @@ One detector per participant session; closing the session drops it.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Final, Protocol
 
@@ -121,6 +122,7 @@ class ListeningTurnDetector:
     ) -> None:
         self._make_model = audio_model
         self._model: AudioTurnModel | None = None
+        self._model_lock = threading.Lock()
         self._language = language
         self._thresholds = model_thresholds() if thresholds is None else thresholds
         self.tail = AudioTail()
@@ -177,16 +179,22 @@ class ListeningTurnDetector:
         window = self.tail.window()
         if window is None:
             return None
-        if self._model is None:
-            self._model = self._make_model()
-        model = self._model
         try:
-            return float(await asyncio.wait_for(asyncio.to_thread(model.predict, window), bound))
+            return await asyncio.wait_for(asyncio.to_thread(self._predict, window), bound)
         except TimeoutError:
             _log.warning("audio end-of-turn model too slow, judging by the words")
         except Exception as exc:
             _log.warning("audio end-of-turn model failed", extra={"error": repr(exc)})
         return None
+
+    def _predict(self, window: np.ndarray) -> float:
+        # in a worker thread: loading the model (when no prewarm did) never holds the loop
+        with self._model_lock:
+            if self._model is None:
+                assert self._make_model is not None
+                self._model = self._make_model()
+            model = self._model
+        return float(model.predict(window))
 
 
 def low_probability(language: str | None, thresholds: dict[str, float]) -> float | None:
