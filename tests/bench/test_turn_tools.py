@@ -11,6 +11,7 @@ from bench.corpus_specs import DEFAULT_SPECS
 from bench.recognize import runs
 from bench.speech import MarkedMic, Recognized, Speech
 from bench.turn_replay import RULES, Point, operating_points, score
+from bench.turn_tables import rows
 from bench.utterances import Phrase, Utterance
 from livekit import rtc
 
@@ -86,3 +87,22 @@ def test_operating_points_are_the_detectors_best_at_each_budget() -> None:
     assert at_300 is not None and at_300[0] <= 0.3
     assert at_5 is not None and at_5[0] == pytest.approx(0.8)  # 0.7 s + 0.1 s
     assert np.isclose(score(RULES["combined"][0], POINTS, *at_5)[0], 0.0)
+
+
+def test_tables_per_voice_family_and_language() -> None:
+    record = {
+        "config": "combined",
+        "runs": [
+            {"speech": "001-espeak-en-complete-noun-0ms", "family": "espeak", "language": "en",
+             "latency_ms": 950.0, "cut_off": None},
+            {"speech": "031-espeak-en-mid_sentence-noun-600ms", "family": "espeak",
+             "language": "en", "latency_ms": 1000.0, "cut_off": None},
+            {"speech": "173-espeak-de-mid_sentence-noun-900ms", "family": "espeak",
+             "language": "de", "latency_ms": None, "cut_off": "early"},
+        ],
+    }  # fmt: skip
+    assert rows(record) == [
+        ("espeak de", "—", "—", "1 of 1"),
+        ("espeak en", "950 / 950", "0 of 1", "0 of 1"),
+        ("all", "950 / 950", "0 of 1", "1 of 2"),
+    ]
