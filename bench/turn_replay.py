@@ -25,7 +25,7 @@ it does: measured by bench/turn_latency.py, where a 0.8 s wait cut 2 of 43 pause
 
 Figures, for each detector and each voice family and language, over its knobs (``b`` from
 0.05 to 3 s in 10 ms steps; for the detectors that use the audio model, also ``t`` from 0
-to 2.5, a factor on the probability under which the sound says "goes on": the Pareto
+to 4, a factor on the probability under which the sound says "goes on": the Pareto
 front, as eot-bench re-ranks models at a budget): **FCR@300ms**, the lowest share of
 sentences with a pause cut off among the settings whose median latency on finished turns
 is at most 300 ms; **latency@5%**, the lowest median latency on finished turns among the
@@ -153,7 +153,7 @@ def _combined(point: Point, b: float, t: float) -> float:
     return max(b, longest) if goes_on(verdict, point.probability, low) else b
 
 
-T_GRID = np.round(np.arange(0.0, 2.5001, 0.1), 2)
+T_GRID = np.round(np.arange(0.0, 4.0001, 0.1), 2)
 RULES: dict[str, tuple[Rule, float, Sequence[float]]] = {
     # detector: (rule, its default b, the values of its second knob t; the default is 1)
     "vad": (_silence, TURN_TIMING["vad"].min_delay, (1.0,)),
