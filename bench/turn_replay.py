@@ -229,6 +229,16 @@ def figures(
         "default_p90_ms": round(p90 * 1000),
         "cut_at_pauses_up_to_0.7s": short,
         "sentences_with_pauses": sentences,
+        # the evidence at a pause does not depend on how long it lasts: the same pauses,
+        # had they lasted 1.0, 1.2 or 1.4 s, would be held this often
+        "held_if_pauses_lasted": {
+            f"{length:.1f}s": round(
+                float(np.mean([rule(p, default_b, 1.0) >= length + RESUME_S for p in pauses])), 3
+            )
+            for length in (1.0, 1.2, 1.4)
+        }
+        if (pauses := [p for p in group if p.pause is not None])
+        else {},
         "finished_turns": sum(p.pause is None for p in group),
     }
 
