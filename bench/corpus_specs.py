@@ -1,8 +1,25 @@
-"""What the turn-taking corpus says: its utterances as text, pauses, voices and rates.
+"""What the turn-taking corpus says: its utterances as text, pauses, voices, rates, languages.
 
-The categories and the truth they carry are described in :mod:`bench.corpus`, which renders
-these specs with espeak-ng. Voices and rates are handed out in turn, so the build is
+A :class:`Spec` is one utterance to render: its words with ``|`` where each pause goes, the
+pauses, the kind of word before each pause (``place``) or, for a finished sentence, the kind
+of word it ends on, its language, the voice family and voice that says it, and whether the
+turn detector was tuned on it (``split``). :mod:`bench.corpus` renders the specs and
+describes the truth they carry. Voices and rates are handed out in turn, so the build is
 deterministic.
+
+Voice families (:data:`FAMILIES`):
+
+* ``espeak``: espeak-ng, every language; each phrase rendered on its own (the builder
+  gives a phrase before a mid-sentence pause a trailing comma: continuing intonation);
+* ``piper``: the Piper neural voice ``en_US-joe-medium`` (English): a sentence is rendered
+  whole, with its natural prosody, and each pause inserted at a word boundary the model's
+  own phoneme alignment gives, so the voice runs on into the pause as a speaker who stops
+  to think does;
+* ``human``: real recordings that registry packages ship (``bench/human_speech.py``), cut
+  at word boundaries the same way.
+
+English sentences are said by both ``espeak`` and ``piper``; German, Spanish and French by
+``espeak`` (no neural voice of those languages is packaged on a registry here).
 """
 
 from __future__ import annotations
@@ -11,10 +28,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-Category = Literal["complete", "mid_sentence", "between_sentences"]
-CATEGORIES: tuple[Category, ...] = get_args(Category)
+from bench.corpus_texts import (
+    BETWEEN_SENTENCES,
+    COMPLETE,
+    INTERNATIONAL,
+    MID_SENTENCE,
+    Kind,
+    Row,
+)
 
-# voices and rates are handed out in turn (8 and 5 are coprime: 40 different pairs)
+Category = Kind
+CATEGORIES: tuple[Category, ...] = get_args(Category)
+Family = Literal["espeak", "piper", "human"]
+FAMILIES: tuple[Family, ...] = get_args(Family)
+Split = Literal["tune", "heldout"]
+
+# English espeak voices and rates are handed out in turn (8 and 5 are coprime)
 VOICES = (
     "en-us",
     "en-gb",
@@ -26,6 +55,15 @@ VOICES = (
     "en-us-nyc",
 )
 RATES = (140, 155, 170, 185, 200)
+LANGUAGE_VOICES = {
+    "de": ("de", "de+f3", "de+m3"),
+    "es": ("es", "es+f3", "es-419"),
+    "fr": ("fr", "fr+f3", "fr-be"),
+}
+# two speakers' rates for the piper voice: Piper's length_scale (1.0 is the voice's own
+# pace; 1.2 is a fifth slower), stored as the nominal words a minute of the corpus
+PIPER_VOICE = "en_US-joe-medium"
+PIPER_RATES = {170: 1.0, 140: 1.2}
 
 
 @dataclass(frozen=True)
@@ -34,10 +72,17 @@ class Spec:
 
     category: Category
     place: str
+    """Mid-sentence: the kind of word before the pause; complete: the kind of word the
+    sentence ends on; between sentences: ``sentence_end``."""
     text: str
     pauses: tuple[float, ...] = ()
     voice: str = "en-us"
     wpm: int = 170
+    language: str = "en"
+    family: Family = "espeak"
+    split: Split = "tune"
+    source: str = ""
+    """Human recordings: ``recording@start-end`` (seconds) the utterance is cut from."""
 
     @property
     def phrases(self) -> tuple[str, ...]:
@@ -52,80 +97,85 @@ class Spec:
             raise ValueError(f"{self.text!r}: a {self.category} utterance needs a pause")
         if any(not 0 < p < 5 for p in self.pauses):
             raise ValueError(f"{self.text!r}: pauses must lie in (0, 5) s")
+        if (self.family == "human") != bool(self.source):
+            raise ValueError(f"{self.text!r}: a source is given for human recordings only")
 
 
-def _specs(rows: Sequence[tuple[Category, str, str, tuple[float, ...]]]) -> tuple[Spec, ...]:
-    return tuple(
-        Spec(category, place, text, pauses, VOICES[i % len(VOICES)], RATES[i % len(RATES)])
-        for i, (category, place, text, pauses) in enumerate(rows)
-    )
+def _english(rows: Sequence[Row], family: Family, start: int) -> list[Spec]:
+    specs = []
+    for i, row in enumerate(rows, start=start):
+        if family == "espeak":
+            voice, wpm = VOICES[i % len(VOICES)], RATES[i % len(RATES)]
+        else:
+            voice, wpm = PIPER_VOICE, tuple(PIPER_RATES)[i % len(PIPER_RATES)]
+        specs.append(
+            Spec(row.category, row.place, row.text, row.pauses, voice, wpm, "en", family, row.split)
+        )
+    return specs
 
 
-_COMPLETE = (
-    "What time does the pharmacy close tonight?",
-    "Please set a timer for ten minutes.",
-    "Can you read me my new messages?",
-    "I would like to book a table for two people tonight.",
-    "How long does it take to drive to the airport?",
-    "Remind me to call the doctor tomorrow morning.",
-    "What is the weather going to be like this weekend?",
-    "Turn the heating down a little.",
-    "Where is the nearest train station?",
-    "Play some quiet music in the living room.",
-    "Did anyone call while I was out?",
-    "Cancel my meeting at three o'clock.",
-    "How do I get to the city library from here?",
-    "Send a message to Tom saying I am on my way.",
+def _international(rows: Sequence[Row]) -> list[Spec]:
+    specs = []
+    for i, row in enumerate(rows):
+        voices = LANGUAGE_VOICES[row.language]
+        specs.append(
+            Spec(
+                row.category,
+                row.place,
+                row.text,
+                row.pauses,
+                voices[i % len(voices)],
+                (150, 185)[i % 2],
+                row.language,
+                "espeak",
+                row.split,
+            )
+        )
+    return specs
+
+
+def _human() -> list[Spec]:
+    from bench.human_speech import HUMAN_ROWS
+
+    return [
+        Spec(
+            row.category,
+            row.place,
+            row.text,
+            row.pauses,
+            row.speaker,
+            0,
+            "en",
+            "human",
+            "heldout",
+            row.source,
+        )
+        for row in HUMAN_ROWS
+    ]
+
+
+ENGLISH: tuple[Row, ...] = (*COMPLETE, *MID_SENTENCE, *BETWEEN_SENTENCES)
+
+DEFAULT_SPECS: tuple[Spec, ...] = (
+    *_english(ENGLISH, "espeak", 0),
+    *_english([r for r in ENGLISH if r.category != "between_sentences"], "piper", 0),
+    *_international(INTERNATIONAL),
+    *_human(),
 )
-_MID_SENTENCE = (  # (place, pauses, text)
-    ("article", (0.6,), "I would like to book a | table for two"),
-    ("article", (0.7,), "Can you find me a | cheap hotel near the station"),
-    ("article", (0.3,), "Please move the | dentist appointment to Friday"),
-    ("preposition", (0.7,), "Can you send it to | my office"),
-    ("preposition", (0.45,), "Put the meeting notes in | the shared folder"),
-    ("preposition", (0.9,), "I left my keys at | my mother's house"),
-    ("conjunction", (0.6,), "I need milk and | some bread"),
-    ("conjunction", (0.8,), "We could walk to the park or | stay at home"),
-    ("conjunction", (0.2,), "I called the bank but | nobody answered"),
-    ("before_number", (0.7,), "I need a table for | two people"),
-    ("before_number", (0.6,), "Set an alarm for | six thirty tomorrow"),
-    ("before_number", (0.45,), "Turn the heating up to | twenty one degrees"),
-    ("comma", (0.6,), "Well, | I think so"),
-    ("comma", (0.7,), "Actually, | make it three o'clock"),
-    ("comma", (0.9,), "If it rains tomorrow, | cancel the picnic"),
-    (
-        "mid_number",
-        (0.45, 0.2),
-        "My number is five five five | one two three | four five six seven",
-    ),
-    ("mid_number", (0.8,), "It came to one hundred and | forty two dollars"),
-    ("list", (0.7, 0.3), "Add eggs, | milk, | and coffee to the list"),
-)
-_BETWEEN_SENTENCES = (  # (pause, text)
-    (0.2, "I need a taxi. | It is for the airport."),
-    (0.3, "The meeting went well. | Can you send the notes to Anna?"),
-    (0.45, "What is the weather like tomorrow? | I want to go hiking."),
-    (0.6, "That is perfect. | Please book a taxi as well."),
-    (0.7, "I lost my wallet. | What should I do?"),
-    (0.8, "Call my sister. | Tell her I am late."),
-    (0.9, "The printer is not working. | It keeps showing an error."),
-    (0.2, "I finished the report. | Should I send it to the whole team?"),
-    (0.3, "Turn off the kitchen lights. | Leave the hallway on."),
-    (0.45, "My flight was cancelled. | I need another one tonight."),
-    (0.6, "Is the library open on Sunday? | I have books to return."),
-    (0.7, "Add eggs to the shopping list. | We are out of coffee too."),
-    (0.8, "I am running late. | Start the meeting without me."),
-    (0.9, "That sounds good to me. | Let us do it on Friday."),
-)
-
-DEFAULT_SPECS: tuple[Spec, ...] = _specs(
-    [("complete", "none", text, ()) for text in _COMPLETE]
-    + [("mid_sentence", place, text, pauses) for place, pauses, text in _MID_SENTENCE]
-    + [("between_sentences", "sentence_end", text, (p,)) for p, text in _BETWEEN_SENTENCES]
-)
+"""Every utterance of the corpus, in build order (numbered from 1)."""
 
 
-# -- the corpus as the bench sees it -----------------------------------------------------------
-
-
-__all__ = ["CATEGORIES", "DEFAULT_SPECS", "RATES", "VOICES", "Category", "Spec"]
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_SPECS",
+    "FAMILIES",
+    "LANGUAGE_VOICES",
+    "PIPER_RATES",
+    "PIPER_VOICE",
+    "RATES",
+    "VOICES",
+    "Category",
+    "Family",
+    "Spec",
+    "Split",
+]

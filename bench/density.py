@@ -268,6 +268,8 @@ def variants(args: argparse.Namespace) -> list[tuple[Variant, list[int]]]:
             base = Variant("clara", executor, idle, load_threshold=threshold, report_load=livekit)
             if not args.skip_clara:
                 chosen.append((base, args.rooms))
+            for detection in args.clara_turn_detection or []:
+                chosen.append((replace(base, turn_detection=detection), args.rooms))
             bare = replace(base, kind="bare")
             if not args.skip_bare:
                 chosen.append((bare, bare_rooms))
@@ -297,6 +299,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-bare", action="store_true", help="no bare variant with livekit's turn defaults"
     )
     parser.add_argument("--skip-clara", action="store_true")
+    parser.add_argument(
+        "--clara-turn-detection",
+        action="append",
+        help="add a clara variant with this CLARA_TURN_DETECTION (repeatable)",
+    )
     parser.add_argument(
         "--admission",
         choices=["off", "livekit"],

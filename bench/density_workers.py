@@ -76,6 +76,8 @@ class Variant:
     vad_turns: bool = False
     """bare only: turns end on the VAD's silence, without livekit's end-of-turn model (as
     clara_voice's turn detections do, except ``eot``)."""
+    turn_detection: str | None = None
+    """clara only: ``CLARA_TURN_DETECTION`` (None: clara_voice's default)."""
 
     @property
     def launcher(self) -> bool:
@@ -93,6 +95,8 @@ class Variant:
             parts.append("noprewarm")
         if self.vad_turns:
             parts.append("vad")
+        if self.turn_detection:
+            parts.append(self.turn_detection)
         return "-".join(parts)
 
     def describe(self) -> dict[str, object]:
@@ -108,7 +112,7 @@ class Variant:
             "prewarm": "VAD in prewarm" if self.prewarm else "VAD built in the job",
             "load_threshold": str(self.load_threshold),
             "load_reported": "the machine's CPU (livekit's)" if self.report_load else "0",
-            "turn_detection": "clara_voice's settings"
+            "turn_detection": self.turn_detection or "clara_voice's default"
             if self.kind == "clara"
             else ("vad" if self.vad_turns else "livekit default (end-of-turn model)"),
         }
@@ -148,6 +152,8 @@ def _env(
     if variant.idle is not None:
         env["CLARA_NUM_IDLE_PROCESSES"] = str(variant.idle)
     env["PYTHONPATH"] = f"{ROOT}:{env['PYTHONPATH']}"
+    if variant.turn_detection:
+        env["CLARA_TURN_DETECTION"] = variant.turn_detection
     if variant.executor is not None:
         env["BENCH_JOB_EXECUTOR"] = variant.executor
     if variant.kind == "bare":

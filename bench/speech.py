@@ -50,6 +50,12 @@ class Speech:
     may_end_after: tuple[float, ...] = ()
     """Seconds into the utterance after which ending the turn is not a cut-off (the end of
     a complete first sentence); the end of the last phrase always is."""
+    language: str = "en"
+    family: str = "file"
+    place: str = ""
+    split: str = ""
+    texts: tuple[str, ...] = ()
+    """The text of each phrase (what an STT that knows the corpus hears)."""
 
     @property
     def duration(self) -> float:
@@ -121,6 +127,11 @@ def corpus_speech(utterance: Utterance) -> Speech:
         words=_word_ends(phrases, [p.text for p in utterance.phrases]),
         phrases=phrases,
         may_end_after=utterance.may_end_after_s,
+        language=utterance.language,
+        family=utterance.family,
+        place=utterance.place,
+        split=utterance.split,
+        texts=tuple(p.text for p in utterance.phrases),
     )
 
 
@@ -196,6 +207,32 @@ class MarkedMic(WavAudioInput):
         return frame
 
 
+class Recognized:
+    """A recognizer's script: what Whisper heard of the phrases released since the last call.
+
+    ``runs`` maps ``"i-j"`` (a run of consecutive phrases) to Whisper's text of that stretch
+    of audio (``bench/recognize.py``). Each call answers for the phrases whose last sample
+    the microphone has released and that no earlier call answered for, as one run: the
+    segment a VAD cut around them.
+    """
+
+    def __init__(self, mic: MarkedMic, runs: dict[str, str]) -> None:
+        self._mic = mic
+        self._runs = runs
+        self._next = 0
+
+    def __call__(self) -> str:
+        speech = self._mic.speech
+        done = self._next
+        while done < len(speech.phrases) and _frame_of(speech.phrases[done][1]) < self._mic.heard:
+            done += 1
+        if done == self._next:
+            return ""
+        text = self._runs.get(f"{self._next}-{done - 1}", "")
+        self._next = done
+        return text
+
+
 class Heard:
     """The fake STT's script: the words whose audio the microphone has released, once each."""
 
@@ -217,6 +254,7 @@ __all__ = [
     "SAMPLE_RATE",
     "Heard",
     "MarkedMic",
+    "Recognized",
     "Speech",
     "corpus_speech",
     "file_speech",

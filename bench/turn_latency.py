@@ -55,8 +55,17 @@ from livekit.agents import llm  # noqa: E402
 from livekit.agents.voice.events import ConversationItemAddedEvent  # noqa: E402
 
 from bench.corpus import CorpusError, load_corpus  # noqa: E402
-from bench.speech import Heard, MarkedMic, Speech, corpus_speech, file_speech  # noqa: E402
+from bench.recognize import load_recognized  # noqa: E402
+from bench.speech import (  # noqa: E402
+    Heard,
+    MarkedMic,
+    Recognized,
+    Speech,
+    corpus_speech,
+    file_speech,
+)
 from bench.turn_setup import (  # noqa: E402
+    DETECTORS,
     SWEEP,
     BenchMedia,
     Config,
@@ -79,6 +88,10 @@ class Outcome:
     speech: str
     category: str
     longest_pause: float
+    family: str = "file"
+    language: str = "en"
+    place: str = ""
+    split: str = ""
     latency: float | None = None
     """First agent audio after the end of speech − the end of speech (clean runs)."""
     cut_off: str | None = None
@@ -91,6 +104,9 @@ class Outcome:
     def to_json(self) -> dict[str, Any]:
         return {
             "speech": self.speech,
+            "family": self.family,
+            "language": self.language,
+            "split": self.split,
             "latency_ms": _ms(self.latency),
             "cut_off": self.cut_off,
             "at_pause": self.at_pause,
@@ -108,10 +124,17 @@ def _ms(value: float | None) -> float | None:
 
 
 async def run_once(
-    config: Config, speech: Speech, *, latencies: Latencies, run: int, endpoint_silence: float
+    config: Config,
+    speech: Speech,
+    *,
+    latencies: Latencies,
+    run: int,
+    endpoint_silence: float,
+    words: str,
+    recognized: dict[str, dict[str, str]],
+    live_stt: Any = None,
 ) -> tuple[Outcome, dict[str, Any]]:
     loop = asyncio.get_running_loop()
-    before = {t for t in asyncio.all_tasks() if not t.done()}
     mic = MarkedMic(speech)
     media = BenchMedia(mic)
     turns: list[tuple[float, str]] = []
@@ -121,13 +144,18 @@ async def run_once(
         if isinstance(item, llm.ChatMessage) and item.role == "user":
             turns.append((loop.time(), item.text_content or ""))
 
+    source: Any = Heard(mic)
+    if words == "recognized":
+        source = Recognized(mic, recognized[speech.name])
     started = await start(
         config,
         media,
-        Heard(mic),
+        source,
         latencies=latencies,
         run=run,
         endpoint_silence=endpoint_silence,
+        language=speech.language,
+        live_stt=live_stt,
     )
     started.agent_session.on("conversation_item_added", on_item)
     audio: list[float] = []
@@ -148,8 +176,10 @@ async def run_once(
         await started.aclose()
         started.agent_session.off("conversation_item_added", on_item)
         mic.close()
-    await _settle(before)
-    return classify(speech, mic, turns, audio), settings
+    outcome = classify(speech, mic, turns, audio, exact_words=words == "script")
+    outcome.family, outcome.language = speech.family, speech.language
+    outcome.place, outcome.split = speech.place, speech.split
+    return outcome, settings
 
 
 async def _settle(before: set[asyncio.Task[Any]]) -> None:
@@ -163,7 +193,12 @@ async def _settle(before: set[asyncio.Task[Any]]) -> None:
 
 
 def classify(
-    speech: Speech, mic: MarkedMic, turns: list[tuple[float, str]], audio: list[float]
+    speech: Speech,
+    mic: MarkedMic,
+    turns: list[tuple[float, str]],
+    audio: list[float],
+    *,
+    exact_words: bool = True,
 ) -> Outcome:
     eos = mic.eos_at
     if eos is None:
@@ -181,7 +216,8 @@ def classify(
             outcome.at_pause = True
     if outcome.cut_off is None and not outcome.at_pause:
         after = [text for t, text in turns if t >= eos - 0.001]
-        if after and _words(after[0]) != _words(speech.transcript):
+        # a real recognizer's words differ from the corpus text: only an early turn counts
+        if exact_words and after and _words(after[0]) != _words(speech.transcript):
             outcome.cut_off = "partial"
     replies = [t for t in audio if t >= eos]
     if outcome.cut_off is None and not outcome.at_pause and replies:
@@ -216,15 +252,30 @@ async def run_config(
     latencies = Latencies(realistic=args.realistic, seed=args.seed)
     outcomes: list[Outcome] = []
     settings: dict[str, Any] = {}
-    for run in range(args.runs):
-        for number, speech in enumerate(speeches):
-            outcome, settings = await run_once(
-                config,
-                speech,
-                latencies=latencies,
-                run=run * len(speeches) + number,
-                endpoint_silence=args.endpoint_silence,
+    jobs = [
+        (run, number, speech) for run in range(args.runs) for number, speech in enumerate(speeches)
+    ]
+    for first in range(0, len(jobs), args.parallel):
+        group = jobs[first : first + args.parallel]
+        before = {t for t in asyncio.all_tasks() if not t.done()}
+        results = await asyncio.gather(
+            *(
+                run_once(
+                    config,
+                    speech,
+                    latencies=latencies,
+                    run=run * len(speeches) + number,
+                    endpoint_silence=args.endpoint_silence,
+                    words=args.words,
+                    recognized=args.recognized,
+                    live_stt=args.live_stt,
+                )
+                for run, number, speech in group
             )
+        )
+        await _settle(before)
+        for outcome, described in results:
+            settings = described
             outcomes.append(outcome)
             what = (
                 f"CUT ({outcome.cut_off}) {outcome.user_turns}"
@@ -235,15 +286,23 @@ async def run_config(
                 if outcome.latency is not None
                 else "no reply"
             )
-            say(f"  {config.name} {speech.name:<40} {what}")
-    categories = sorted({o.category for o in outcomes})
+            say(f"  {config.name} {outcome.speech:<48} {what}")
+    groups = sorted({(o.family, o.language, o.category) for o in outcomes})
     return {
         "config": config.name,
         "overrides": config.overrides,
         "stt": config.stt,
+        "words": args.words,
         "realistic_providers": args.realistic,
         "by_category": {
-            c: category_stats([o for o in outcomes if o.category == c]) for c in categories
+            c: category_stats([o for o in outcomes if o.category == c])
+            for c in sorted({o.category for o in outcomes})
+        },
+        "by_group": {
+            f"{f}/{lang}/{c}": category_stats(
+                [o for o in outcomes if (o.family, o.language, o.category) == (f, lang, c)]
+            )
+            for f, lang, c in groups
         },
         "settings": settings,
         "runs": [o.to_json() for o in outcomes],
@@ -269,10 +328,20 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
 
 def build_configs(args: argparse.Namespace) -> list[Config]:
     default_stt: STTKind = args.stt
-    configs = [
-        Config("livekit-defaults", "livekit", stt=default_stt),
-        Config("clara-default", "clara", stt=default_stt),
-    ]
+    configs = []
+    detectors = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    for name in detectors:
+        if name == "livekit":
+            configs.append(Config("livekit-defaults", "livekit", stt=default_stt))
+        elif name == "default":
+            configs.append(Config("clara-default", "clara", stt=default_stt))
+        elif name in DETECTORS:
+            overrides, stt_kind = DETECTORS[name]
+            configs.append(Config(name, "clara", dict(overrides), stt_kind))
+        else:
+            raise SystemExit(
+                f"--detectors: unknown {name!r} (livekit, default, {', '.join(DETECTORS)})"
+            )
     variants: list[tuple[dict[str, Any], STTKind]] = []
     if args.set:
         variants.append((parse_sets(args.set), default_stt))
@@ -297,11 +366,15 @@ def load_speeches(args: argparse.Namespace) -> list[Speech]:
         if args.audio:
             return [file_speech(args.audio, args.transcript or "")]
         utterances = load_corpus(args.corpus)
+        args.recognized = load_recognized(args.corpus) if args.words == "recognized" else {}
     except (OSError, ValueError, WavError, CorpusError) as exc:
         raise SystemExit(f"cannot use the speech: {exc}") from None
     if args.utterances:
         wanted = args.utterances.split(",")
         utterances = [u for u in utterances if any(w in u.id for w in wanted)]
+    for facet in ("family", "language", "split"):
+        if chosen := getattr(args, facet):
+            utterances = [u for u in utterances if getattr(u, facet) in chosen.split(",")]
     return [corpus_speech(u) for u in utterances]
 
 
@@ -379,20 +452,59 @@ def main(argv: Sequence[str] | None = None) -> None:
     source.add_argument("--audio", type=Path, help="any PCM WAV instead (with --transcript)")
     parser.add_argument("--transcript", help="what the fake STT hears in --audio")
     parser.add_argument("--utterances", help="only corpus utterances whose id has one of these")
+    parser.add_argument("--family", help="only these voice families (espeak,piper,human)")
+    parser.add_argument("--language", help="only these languages (en,de,es,fr)")
+    parser.add_argument("--split", help="only tune or heldout utterances")
+    parser.add_argument(
+        "--detectors",
+        default="livekit,combined,vad,stt,eot,transcript",
+        help="configurations: livekit (bare AgentSession), default (clara's defaults) and "
+        "clara's turn detections with their own timing: " + ",".join(DETECTORS),
+    )
+    parser.add_argument(
+        "--words",
+        choices=("recognized", "script", "whisper"),
+        default="recognized",
+        help="what the STT hears: Whisper's text of the audio (bench/recognize.py, default), "
+        "the corpus text, or Whisper run live on each segment (real decoding time)",
+    )
+    parser.add_argument("--parallel", type=int, default=1, help="utterances played at once")
     parser.add_argument("--runs", type=int, default=1, help="runs of each utterance")
     parser.add_argument("--set", action="append", metavar="SETTING=VALUE")
     parser.add_argument("--sweep", action="store_true", help="also run the candidate defaults")
     parser.add_argument("--only", help="only configurations whose name has one of these")
     parser.add_argument("--stt", choices=("batch", "streaming"), default="batch")
-    parser.add_argument("--endpoint-silence", type=float, default=0.3)
+    parser.add_argument(
+        "--endpoint-silence",
+        type=float,
+        default=0.025,
+        help="the streaming STT's endpointing silence (livekit's Deepgram plugin: 25 ms)",
+    )
     parser.add_argument("--realistic", action="store_true", help="providers that take time")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args(argv)
     if args.audio and not args.transcript:
         parser.error("--audio needs --transcript")
-    if args.runs < 1:
-        parser.error("--runs must be at least 1")
+    if args.runs < 1 or args.parallel < 1:
+        parser.error("--runs and --parallel must be at least 1")
+    if args.audio:
+        args.words = "script"
+    args.recognized = {}
+    args.live_stt = None
+    if args.words == "whisper":
+        from bench._whisper_stt import WhisperSTT
+        from testkit.speech_models import Whisper
+
+        models: dict[str, Whisper] = {}
+
+        def live_stt(language: str = "en") -> WhisperSTT:
+            name = "tiny.en" if language == "en" else "base"
+            if name not in models:
+                models[name] = Whisper(name, threads=1)
+            return WhisperSTT(models[name], language=language)
+
+        args.live_stt = live_stt
     asyncio.run(main_async(args))
 
 

@@ -21,14 +21,15 @@ from typing import Any, Literal
 from livekit.agents import Agent, AgentSession, inference, stt, utils, vad
 
 from bench._fake_replies import FakeLLM, FakeTTS
-from bench._fakes import REALISTIC, FakeStreamingSTT, FakeSTT
-from bench.speech import Heard, MarkedMic
+from bench._fakes import REALISTIC, FakeStreamingSTT, FakeSTT, TranscriptSource
+from bench.speech import MarkedMic
 from clara_voice.config import load_settings
 from clara_voice.logging import get_logger
 from clara_voice.voice.messages import TurnMetrics
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
 from clara_voice.voice.providers import Providers
 from clara_voice.voice.surface import RoomSurface
+from clara_voice.voice.turns import turn_timing
 from testkit.audio import CaptureAudioOutput
 from testkit.fakes import FakeRoom, make_participant
 from testkit.pipeline import SeamMedia
@@ -52,7 +53,7 @@ class Config:
         """The longest the configuration may wait for the end of a turn."""
         if self.kind == "livekit":
             return 3.0
-        return float(load_settings(**self.overrides).max_endpointing_delay)
+        return turn_timing(load_settings(**self.overrides)).max_delay
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,25 @@ class BenchMedia(SeamMedia):
 
 
 def _providers(
-    config: Config, heard: Heard, latencies: Latencies, run: int, endpoint_silence: float
+    config: Config,
+    heard: TranscriptSource,
+    latencies: Latencies,
+    run: int,
+    endpoint_silence: float,
+    language: str,
+    live_stt: Callable[[str], stt.STT[Any]] | None,
 ) -> tuple[stt.STT[Any], FakeLLM, FakeTTS]:
     rng = latencies.rng(run)
     stt_options = latencies.of("stt")
-    fake_stt: stt.STT[Any] = (
-        FakeStreamingSTT(heard, endpoint_silence=endpoint_silence, rng=rng, **stt_options)
-        if config.stt == "streaming"
-        else FakeSTT(heard, rng=rng, **stt_options)
-    )
+    fake_stt: stt.STT[Any]
+    if live_stt is not None:
+        fake_stt = live_stt(language)
+    elif config.stt == "streaming":
+        fake_stt = FakeStreamingSTT(
+            heard, endpoint_silence=endpoint_silence, rng=rng, language=language, **stt_options
+        )
+    else:
+        fake_stt = FakeSTT(heard, rng=rng, language=language, **stt_options)
     fake_llm = FakeLLM(REPLY, rng=rng, **latencies.of("llm"))
     fake_tts = FakeTTS(seconds=REPLY_SECONDS, rng=rng, **latencies.of("tts"))
     return fake_stt, fake_llm, fake_tts
@@ -128,14 +139,19 @@ class _Events:
 async def start(
     config: Config,
     media: BenchMedia,
-    heard: Heard,
+    heard: TranscriptSource,
     *,
     latencies: Latencies,
     run: int,
     endpoint_silence: float,
+    language: str = "en",
+    live_stt: Callable[[str], stt.STT[Any]] | None = None,
 ) -> Started:
-    """A started AgentSession of ``config``, bound to ``media``."""
-    fake_stt, fake_llm, fake_tts = _providers(config, heard, latencies, run, endpoint_silence)
+    """A started AgentSession of ``config``, bound to ``media``; ``live_stt`` makes a real
+    recognizer to use instead of the scripted STT."""
+    fake_stt, fake_llm, fake_tts = _providers(
+        config, heard, latencies, run, endpoint_silence, language, live_stt
+    )
     log = get_logger("clara_voice.bench", participant=IDENTITY)
     participant = make_participant(IDENTITY)
     if config.kind == "livekit":
@@ -163,9 +179,9 @@ async def start(
             raise
         return Started(agent_session, the_vad, fake_stt, aclose)
 
-    settings = load_settings(**config.overrides)
+    settings = load_settings(**{"stt_language": language, **config.overrides})
     the_vad = inference.VAD(  # as clara_voice.worker.prewarm builds it
-        min_silence_duration=settings.vad_min_silence_duration,
+        min_silence_duration=turn_timing(settings).vad_silence,
         activation_threshold=settings.vad_activation_threshold,
     )
     providers = Providers(stt=fake_stt, llm=fake_llm, tts=fake_tts)
@@ -219,25 +235,30 @@ def describe_session(started: Started) -> dict[str, Any]:
     }
 
 
+DETECTORS: dict[str, tuple[dict[str, Any], STTKind]] = {
+    "combined": ({"turn_detection": "combined"}, "batch"),
+    "vad": ({"turn_detection": "vad"}, "batch"),
+    "stt": ({"turn_detection": "stt"}, "streaming"),
+    "eot": ({"turn_detection": "eot"}, "batch"),
+    "transcript": ({"turn_detection": "transcript"}, "batch"),
+}
+"""Each of clara_voice's turn detections with its own timing (``--detectors``)."""
+
 SWEEP: tuple[tuple[dict[str, Any], STTKind], ...] = (
     ({"turn_detection": "vad", "vad_min_silence_duration": 0.7, "min_endpointing_delay": 0.5},
      "batch"),  # clara_voice's defaults before `transcript`
-    ({"turn_detection": "vad", "vad_min_silence_duration": 0.3, "min_endpointing_delay": 0.3},
-     "batch"),
-    ({"turn_detection": "eot", "vad_min_silence_duration": 0.3, "min_endpointing_delay": 0.3},
-     "batch"),
-    ({"turn_detection": "stt"}, "streaming"),
+    ({"turn_detection": "combined", "min_endpointing_delay": 0.7}, "batch"),
+    ({"turn_detection": "combined", "min_endpointing_delay": 0.8}, "batch"),
+    ({"turn_detection": "combined", "min_endpointing_delay": 1.0}, "batch"),
+    ({"turn_detection": "vad", "min_endpointing_delay": 0.8}, "batch"),
     ({"turn_detection": "transcript", "vad_min_silence_duration": 0.3,
-      "min_endpointing_delay": 0.2, "max_endpointing_delay": 1.2}, "batch"),
-    ({"turn_detection": "transcript", "vad_min_silence_duration": 0.2,
-      "min_endpointing_delay": 0.2, "max_endpointing_delay": 1.2}, "batch"),
-    ({"turn_detection": "transcript", "vad_min_silence_duration": 0.2,
       "min_endpointing_delay": 0.3, "max_endpointing_delay": 1.5}, "batch"),
 )  # fmt: skip
-"""Candidates for clara_voice's defaults (``--sweep``)."""
+"""Other candidates (``--sweep``)."""
 
 
 __all__ = [
+    "DETECTORS",
     "IDENTITY",
     "REPLY",
     "SWEEP",

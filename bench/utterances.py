@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.corpus_specs import Category
+from bench.corpus_texts import Kind as Category
 from bench.wavio import read_wav, to_pcm16
 
 SAMPLE_RATE = 24000
@@ -47,6 +47,9 @@ class Utterance:
     may_end_after_s: tuple[float, ...]
     directory: Path
     sample_rate: int = SAMPLE_RATE
+    language: str = "en"
+    family: str = "espeak"
+    split: str = "tune"
 
     @property
     def path(self) -> Path:
@@ -71,6 +74,9 @@ class Utterance:
             "transcript": self.transcript,
             "end_of_turn_s": self.end_of_turn_s,
             "may_end_after_s": list(self.may_end_after_s),
+            "language": self.language,
+            "family": self.family,
+            "split": self.split,
         }
 
     @classmethod
@@ -91,6 +97,9 @@ class Utterance:
             may_end_after_s=tuple(float(t) for t in entry["may_end_after_s"]),
             directory=directory,
             sample_rate=sample_rate,
+            language=entry.get("language", "en"),
+            family=entry.get("family", "espeak"),
+            split=entry.get("split", "tune"),
         )
 
 

@@ -68,6 +68,14 @@ class HeardAudio:
     track_sid: str
     track_name: str
     frames: list[tuple[float, float]] = field(default_factory=list)
+    pcm: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    """The samples of every frame (int16 mono at ``SAMPLE_RATE``), when the client keeps
+    what it hears (``Human(keep_audio=True)``)."""
+
+    def audio_between(self, start: float, end: float) -> np.ndarray:
+        """The samples heard from ``start`` to ``end`` (``time.monotonic``)."""
+        kept = [x for t, x in self.pcm if start <= t <= end]
+        return np.concatenate(kept) if kept else np.zeros(0, np.int16)
 
     def first_sound(self, after: float = 0.0) -> float | None:
         """When the first frame louder than silence arrived at or after ``after``."""
@@ -103,11 +111,13 @@ class Human:
         auto_subscribe: bool = True,
         can_update_own_metadata: bool | None = None,
         agent_name: str | None = AGENT_NAME,
+        keep_audio: bool = False,
     ) -> None:
         self.server = server
         self.can_update_own_metadata = can_update_own_metadata
         self.agent_name = agent_name
         self.auto_subscribe = auto_subscribe
+        self.keep_audio = keep_audio
         self.room_name = room
         self.identity = identity
         self.attributes = dict(attributes or {})
@@ -324,9 +334,12 @@ class Human:
         stream = rtc.AudioStream(track, sample_rate=SAMPLE_RATE, num_channels=1)
         try:
             async for event in stream:
-                samples = np.frombuffer(event.frame.data, dtype=np.int16).astype(np.float64)
+                pcm = np.frombuffer(event.frame.data, dtype=np.int16)
+                samples = pcm.astype(np.float64)
                 rms = float(np.sqrt(np.mean(samples**2)) / 32768.0) if samples.size else 0.0
                 heard.frames.append((time.monotonic(), rms))
+                if self.keep_audio:
+                    heard.pcm.append((time.monotonic(), pcm.copy()))
                 if rms > SOUND_RMS:
                     await self.notify()
         finally:

@@ -22,10 +22,14 @@ plugins' own request building, streaming and parsing with no provider key and no
   model but tts-1/tts-1-hd) gets ``text/event-stream`` with ``speech.audio.delta`` events
   (base64 ``audio``) and a ``speech.audio.done`` event with token usage; otherwise the
   encoded bytes are streamed raw, in ~100 ms chunks, with the format's content type.
+  With ``voice`` (text -> int16 samples at 24 kHz, e.g. the Piper voice of
+  ``testkit.speech_models``) the audio is that real speech instead.
 * ``POST /v1/audio/transcriptions`` — what ``openai.STT.recognize`` uses when not in
   realtime mode: multipart with ``file``, ``model``, ``language``, ``response_format``…
   Answers ``json`` (``{"text", "usage"}``), ``verbose_json`` (whisper-1: language,
-  duration, segments) or ``text``, with the next of :attr:`LoopbackOpenAI.transcripts`.
+  duration, segments) or ``text``, with the next of :attr:`LoopbackOpenAI.transcripts`,
+  or, with ``recognize`` ((audio bytes, language) -> text, e.g. Whisper), what a real
+  recognizer hears in the uploaded audio.
 * ``GET /v1/models`` — what ``LLM.prewarm`` asks for.
 
 :class:`LoopbackDeepgram` (``base_url`` = ``http://127.0.0.1:PORT/v1/listen``, the whole
@@ -364,8 +368,14 @@ class LoopbackOpenAI(_LoopbackServer):
         max_speech_seconds: float = 15.0,
         api_key: str | None = None,
         host: str = "127.0.0.1",
+        recognize: Callable[[bytes, str | None], str] | None = None,
+        voice: Callable[[str], np.ndarray] | None = None,
     ) -> None:
         super().__init__(host=host)
+        self.recognize = recognize
+        """Real recognition: (uploaded audio, language) -> text, instead of the script."""
+        self.voice = voice
+        """Real speech: text -> int16 samples at 24 kHz, instead of the speech-like tone."""
         self.replies: list[str] | Callable[[dict[str, Any]], str] = (
             replies if replies is not None else []
         )
@@ -381,6 +391,8 @@ class LoopbackOpenAI(_LoopbackServer):
         self.chat_requests: list[dict[str, Any]] = []
         self.speech_requests: list[dict[str, Any]] = []
         self.transcription_requests: list[TranscriptionRequest] = []
+        self.recognized: list[str] = []
+        """What ``recognize`` heard, one per transcription request."""
         self._failures: dict[str, deque[str]] = {e: deque() for e in get_args(OpenAIEndpoint)}
 
     @property
@@ -444,7 +456,10 @@ class LoopbackOpenAI(_LoopbackServer):
     async def _speech(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.speech_requests.append(body)
-        return await self._serve(request, "speech", lambda _: self._speech_reply(body))
+        spoken = None
+        if self.voice is not None and str(body.get("input", "")).strip():
+            spoken = await asyncio.to_thread(self.voice, str(body["input"]))
+        return await self._serve(request, "speech", lambda _: self._speech_reply(body, spoken))
 
     async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()
@@ -462,8 +477,14 @@ class LoopbackOpenAI(_LoopbackServer):
             fields=fields,
         )
         self.transcription_requests.append(recorded)
+        heard = None
+        if self.recognize is not None:
+            heard = await asyncio.to_thread(self.recognize, audio, recorded.language)
+            self.recognized.append(heard)
         return await self._serve(
-            request, "transcriptions", lambda consume: self._transcription_reply(recorded, consume)
+            request,
+            "transcriptions",
+            lambda consume: self._transcription_reply(recorded, consume, heard),
         )
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -611,7 +632,7 @@ class LoopbackOpenAI(_LoopbackServer):
         pieces.append(b"data: [DONE]\n\n")
         return _Reply(headers=_sse_headers(), pieces=pieces)
 
-    def _speech_reply(self, body: dict[str, Any]) -> _Reply:
+    def _speech_reply(self, body: dict[str, Any], spoken: np.ndarray | None = None) -> _Reply:
         text = str(body.get("input", ""))
         if not text.strip():
             raise _BadRequest("[] is too short - 'input'")
@@ -621,8 +642,11 @@ class LoopbackOpenAI(_LoopbackServer):
         speed = float(body.get("speed", 1.0))
         if not 0.25 <= speed <= 4.0:
             raise _BadRequest(f"{speed} is not between 0.25 and 4.0 - 'speed'")
-        seconds = self.speech_duration(text, speed)
-        pcm = to_pcm16(speech_signal(seconds, TTS_SAMPLE_RATE, amplitude=0.4))
+        if spoken is None:
+            seconds = self.speech_duration(text, speed)
+            pcm = to_pcm16(speech_signal(seconds, TTS_SAMPLE_RATE, amplitude=0.4))
+        else:
+            pcm, seconds = spoken, spoken.size / TTS_SAMPLE_RATE
         data = _encode_audio(pcm, TTS_SAMPLE_RATE, response_format)
         pieces = _split(data, math.ceil(seconds / _CHUNK_SECONDS))
         if body.get("stream_format") != "sse":
@@ -646,8 +670,10 @@ class LoopbackOpenAI(_LoopbackServer):
         sse = [f"data: {json.dumps(e)}\n\n".encode() for e in events]
         return _Reply(headers=_sse_headers(), pieces=sse)
 
-    def _transcription_reply(self, recorded: TranscriptionRequest, consume: bool) -> _Reply:
-        text = self._next_transcript(consume=consume)
+    def _transcription_reply(
+        self, recorded: TranscriptionRequest, consume: bool, heard: str | None = None
+    ) -> _Reply:
+        text = self._next_transcript(consume=consume) if heard is None else heard
         seconds = recorded.audio_seconds or 0.0
         if recorded.response_format == "text":
             return _Reply(

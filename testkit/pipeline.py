@@ -26,6 +26,7 @@ from clara_voice.persistence.factory import build_backend
 from clara_voice.states import SESSION_TYPE_ATTRIBUTE, SessionType
 from clara_voice.voice.assistant import ClaraAssistant
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
+from clara_voice.voice.turns import turn_timing
 from testkit.audio import (
     CaptureAudioOutput,
     CaptureTextOutput,
@@ -169,7 +170,7 @@ async def running_harness(
         http_context._new_session_ctx()  # what livekit's job runner provides to plugins
         media = SeamMedia()
         vad = inference.VAD(
-            min_silence_duration=settings.vad_min_silence_duration,
+            min_silence_duration=turn_timing(settings).vad_silence,
             activation_threshold=settings.vad_activation_threshold,
         )
         factory = LiveKitPipelineFactory(settings, vad=vad, media=media)

@@ -204,6 +204,22 @@ def test_prewarm_loads_the_end_of_turn_model_only_when_it_is_used(tmp_path: Any)
     assert proc.userdata[EOT_USERDATA_KEY].model == "turn-detector-v1-mini"
 
 
+def test_prewarm_builds_the_vad_with_the_turn_detections_own_silence() -> None:
+    """The VAD of `vad` turn detection waits 0.5 s of silence, not the 0.2 s that cut every
+    pause; the default `combined` 0.3 s; a setting wins over both."""
+    from clara_voice.config import load_settings
+    from clara_voice.worker import VAD_USERDATA_KEY
+
+    proc = JobProcess(executor_type=JobExecutorType.THREAD, user_arguments=None, http_proxy=None)
+    for settings, silence in [
+        (load_settings(turn_detection="vad"), 0.5),
+        (load_settings(), 0.3),
+        (load_settings(turn_detection="vad", vad_min_silence_duration=0.7), 0.7),
+    ]:
+        prewarm(proc, settings=settings)
+        assert proc.userdata[VAD_USERDATA_KEY].min_silence_duration == silence
+
+
 def stored_summaries(settings: Settings) -> list[str]:
     with sqlite3.connect(settings.data_dir / DB_FILENAME) as db:
         rows = db.execute("SELECT participant FROM sessions ORDER BY participant").fetchall()

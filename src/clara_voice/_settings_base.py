@@ -30,6 +30,13 @@ class ServiceSettings(BaseSettings):
         populate_by_name=False,
     )
 
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        """The environment variable that sets ``field``."""
+        info = cls.model_fields[field]
+        alias = info.validation_alias
+        return alias if isinstance(alias, str) else f"{ENV_PREFIX}{field.upper()}"
+
     # -- LiveKit (standard names, `livekit-server --dev` defaults) --------------------------
     livekit_url: str = Field(
         default="ws://localhost:7880",

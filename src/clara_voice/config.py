@@ -30,7 +30,7 @@ from clara_voice._settings_base import ENV_PREFIX, PositiveSeconds, ServiceSetti
 from clara_voice._settings_errors import SettingsError, describe, describe_unparsable
 from clara_voice.states import SessionType
 
-TurnDetection = Literal["vad", "stt", "eot", "transcript"]
+TurnDetection = Literal["combined", "vad", "stt", "eot", "transcript"]
 
 DEFAULT_INSTRUCTIONS = (
     "You are Clara, a friendly and concise voice assistant. Your replies are spoken aloud: "
@@ -198,27 +198,26 @@ class Settings(ServiceSettings):
 
     # -- turn handling ----------------------------------------------------------------------
     turn_detection: TurnDetection = Field(
-        default="transcript",
-        description="voice-vad end of turn: `vad` (silence), `stt` (the STT's endpointing), "
-        "`eot` (livekit's bundled end-of-turn model) or `transcript` (whether the words "
-        "heard so far end a sentence).",
+        default="combined",
+        description="voice-vad end of turn: `combined` (waits longer when the words or the "
+        "sound say the sentence goes on), `vad`, `stt`, `eot` (livekit's model) or "
+        "`transcript` (docs/operations.md#turns).",
     )
     preemptive_generation: Literal["off", "llm", "llm_tts"] = Field(
         default="llm",
         description="Start the reply before the turn is confirmed: `llm` (livekit's default), "
         "`llm_tts` (the speech too) or `off`.",
     )
-    min_endpointing_delay: float = Field(
-        default=0.2,
+    min_endpointing_delay: float | None = Field(
+        default=None,
         ge=0,
-        description="Seconds after the end of speech before a finished turn ends (a turn "
-        "whose words end a sentence, or every turn with `vad`).",
+        description="Seconds after the end of speech before a turn ends; empty: the turn "
+        "detection's own.",
     )
-    max_endpointing_delay: float = Field(
-        default=1.2,
+    max_endpointing_delay: float | None = Field(
+        default=None,
         ge=0,
-        description="Seconds after the end of speech before an unfinished-sounding turn "
-        "ends (`transcript`, `eot`).",
+        description="The same when the sentence seems to go on; empty: the turn detection's own.",
     )
     allow_interruptions: bool = Field(
         default=True, description="Whether the participant can interrupt Clara by speaking."
@@ -226,11 +225,11 @@ class Settings(ServiceSettings):
     min_interruption_duration: float = Field(
         default=0.5, ge=0, description="Seconds of speech that count as an interruption."
     )
-    vad_min_silence_duration: float = Field(
-        default=0.2,
+    vad_min_silence_duration: float | None = Field(
+        default=None,
         gt=0,
-        description="Silence the VAD needs to end a speech segment; with `vad` turn "
-        "detection, 0.7 keeps mid-sentence pauses (docs/benchmarks.md).",
+        description="Silence the VAD needs to end a speech segment; empty: the turn "
+        "detection's own.",
     )
     vad_activation_threshold: float = Field(
         default=0.5, gt=0, lt=1, description="VAD probability that starts speech."
@@ -307,6 +306,9 @@ class Settings(ServiceSettings):
         "web_room",
         "database_url",
         "livekit_server_bin",
+        "min_endpointing_delay",
+        "max_endpointing_delay",
+        "vad_min_silence_duration",
         mode="before",
     )
     @classmethod
@@ -349,13 +351,6 @@ class Settings(ServiceSettings):
         if self.backend != "http" or not self.backend_url or self.backend_token is None:
             return False
         return _urls.is_plain_http_elsewhere(self.backend_url)
-
-    @classmethod
-    def env_name(cls, field: str) -> str:
-        """The environment variable that sets ``field``."""
-        info = cls.model_fields[field]
-        alias = info.validation_alias
-        return alias if isinstance(alias, str) else f"{ENV_PREFIX}{field.upper()}"
 
 
 def load_settings(**overrides: Any) -> Settings:

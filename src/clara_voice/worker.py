@@ -57,6 +57,7 @@ from clara_voice.logging import RenderFormat, configure_logging, get_logger
 from clara_voice.persistence.factory import build_backend
 from clara_voice.voice.pipeline import LiveKitPipelineFactory
 from clara_voice.voice.seams import PipelineFactory
+from clara_voice.voice.turns import turn_timing
 
 log = get_logger("clara_voice.worker")
 
@@ -289,13 +290,18 @@ def describe_connection_error(url: str, error: object) -> str:
 
 def prewarm(proc: JobProcess, *, settings: Settings) -> None:
     """Runs once per job process before any job: load the bundled VAD (and, when turns end
-    by the end-of-turn model, that model) so no job waits for a model load."""
+    by the end-of-turn model, alone or `combined` with the words, that model) so no job
+    waits for a model load."""
     proc.userdata[VAD_USERDATA_KEY] = inference.VAD(
-        min_silence_duration=settings.vad_min_silence_duration,
+        min_silence_duration=turn_timing(settings).vad_silence,
         activation_threshold=settings.vad_activation_threshold,
     )
     if settings.turn_detection == "eot":
         _turn_detector(proc)
+    elif settings.turn_detection == "combined":
+        from livekit.local_inference import init_eot
+
+        init_eot()
 
 
 async def entrypoint(

@@ -45,6 +45,7 @@ from clara_voice.logging import ContextLogger, get_logger
 from clara_voice.states import SessionType
 from clara_voice.voice._livekit_job import forget_job_shutdown_callbacks
 from clara_voice.voice.assistant import ClaraAssistant
+from clara_voice.voice.listening import AudioTurnModel, ListeningTurnDetector, bundled_audio_model
 from clara_voice.voice.media import MediaBinding, MediaLink, RoomMedia, spoken_apology
 from clara_voice.voice.messages import HistoryMessage, history_message, turn_metrics
 from clara_voice.voice.providers import Providers, build_providers, connect_options
@@ -74,6 +75,7 @@ class LiveKitPipelineFactory:
         providers: Providers | None = None,
         media: MediaBinding | None = None,
         turn_detector: Callable[[], Any] | None = None,
+        audio_turn_model: Callable[[], AudioTurnModel] | None = bundled_audio_model,
         log: ContextLogger | None = None,
     ) -> None:
         self._settings = settings
@@ -81,6 +83,7 @@ class LiveKitPipelineFactory:
         self._providers = providers or build_providers(settings, vad=vad)
         self._media = media or RoomMedia()
         self._turn_detector = turn_detector or _bundled_turn_detector
+        self._audio_turn_model = audio_turn_model
         self._log = log or get_logger("clara_voice.voice")
         self._push_to_talk: PushToTalk | None = None
         self._chat: ChatRouter | None = None
@@ -102,7 +105,14 @@ class LiveKitPipelineFactory:
     ) -> LiveKitPipeline:
         settings = self._settings
         routes = self._routers(surface)
-        eot = _once(self._turn_detector)
+        hear = None
+        if settings.turn_detection == "combined":
+            listening = ListeningTurnDetector(
+                audio_model=self._audio_turn_model, language=settings.stt_language
+            )
+            eot, hear = (lambda: listening), listening.hear
+        else:
+            eot = _once(self._turn_detector)
         agent_session: AgentSession[Any] = AgentSession(
             stt=self._providers.stt,
             vad=self._vad,
@@ -127,7 +137,11 @@ class LiveKitPipelineFactory:
         try:
             pipeline.media = await self._media.start(
                 agent_session,
-                ClaraAssistant(instructions=settings.instructions, chat_ctx=_chat_context(history)),
+                ClaraAssistant(
+                    instructions=settings.instructions,
+                    chat_ctx=_chat_context(history),
+                    hear=hear,
+                ),
                 surface=surface,
                 participant=participant,
                 session_type=session_type,

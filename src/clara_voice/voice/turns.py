@@ -11,10 +11,20 @@ type        turn detection      how a turn ends
 ==========  ==================  ===========================================================
 text        none                each text message is a turn; no audio in or out
 voice-ptt   client (manual)     the client calls the push-to-talk RPCs (voice/routing.py)
-voice-vad   server              silence (`vad`), the STT's endpointing (`stt`), livekit's
-                                bundled end-of-turn model (`eot`), or whether the words
-                                end a sentence (`transcript`): ``CLARA_TURN_DETECTION``
+voice-vad   server              ``CLARA_TURN_DETECTION``: a patient wait that grows when
+                                the words or the sound say the sentence goes on
+                                (`combined`, the default: voice/listening.py), silence
+                                (`vad`), the STT's endpointing (`stt`), livekit's bundled
+                                end-of-turn model (`eot`), or whether the words end a
+                                sentence (`transcript`)
 ==========  ==================  ===========================================================
+
+Each turn detection has its own timing (:data:`TURN_TIMING`: the VAD's silence, the wait
+when nothing says the sentence goes on, the wait when something does), chosen on the
+turn-taking bench so that none cuts a person off at the pauses people make inside a
+sentence (up to 0.7 s), in any language, except `transcript`, kept for its speed;
+``CLARA_VAD_MIN_SILENCE_DURATION``, ``CLARA_MIN_ENDPOINTING_DELAY`` and
+``CLARA_MAX_ENDPOINTING_DELAY`` override them.
 
 :data:`SESSION_TYPE_CONFIGS` is that table as data (seed 003's "session type mapping");
 :func:`expected_effective` is what a pipeline of a type should report, for comparing with
@@ -30,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from livekit import rtc
 from livekit.agents.voice.turn import TurnDetectionMode, TurnHandlingOptions
 
-from clara_voice.config import Settings
+from clara_voice.config import Settings, TurnDetection
 from clara_voice.logging import ContextLogger
 from clara_voice.states import SESSION_TYPE_ATTRIBUTE, SESSION_TYPES, SessionType
 from clara_voice.voice.completeness import TranscriptTurnDetector
@@ -123,18 +133,60 @@ def expected_effective(session_type: SessionType) -> EffectiveConfig:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class TurnTiming:
+    """Seconds: the VAD's silence, the wait for a turn nothing says goes on (livekit's
+    ``min_delay``), and for one that goes on (``max_delay``), from the end of speech."""
+
+    vad_silence: float
+    min_delay: float
+    max_delay: float
+
+
+TURN_TIMING: Mapping[TurnDetection, TurnTiming] = {
+    # a turn ends 0.9 s after the voice stops, 1.5 s when the words or the sound say more
+    # is coming; the pauses people make inside a sentence last up to about 0.7 s
+    "combined": TurnTiming(vad_silence=0.3, min_delay=0.9, max_delay=1.5),
+    # silence alone: longer than a pause inside a sentence, in every language
+    "vad": TurnTiming(vad_silence=0.5, min_delay=0.9, max_delay=0.9),
+    # the STT's endpoint (Deepgram's after 25 ms of silence) plus the same patient wait
+    "stt": TurnTiming(vad_silence=0.5, min_delay=0.9, max_delay=0.9),
+    # livekit's model with livekit's own endpointing (0.5 s / 3 s); the model needs 0.25 s
+    "eot": TurnTiming(vad_silence=0.3, min_delay=0.5, max_delay=3.0),
+    # the word list: fast, measured to cut pauses after nouns, verbs and pronouns
+    "transcript": TurnTiming(vad_silence=0.2, min_delay=0.2, max_delay=1.2),
+}
+"""Each turn detection's own timing (docs/operations.md#turns has the table and why)."""
+
+
+def turn_timing(settings: Settings) -> TurnTiming:
+    """The timing ``settings`` ask for: the turn detection's own, with overrides."""
+    own = TURN_TIMING[settings.turn_detection]
+    return TurnTiming(
+        vad_silence=_given(settings.vad_min_silence_duration, own.vad_silence),
+        min_delay=_given(settings.min_endpointing_delay, own.min_delay),
+        max_delay=_given(settings.max_endpointing_delay, own.max_delay),
+    )
+
+
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
 def turn_detection_mode(
     settings: Settings, session_type: SessionType, eot: Callable[[], Any]
 ) -> TurnDetectionMode:
-    """livekit's turn detection for a session type; ``eot`` returns the end-of-turn model."""
+    """livekit's turn detection for a session type; ``eot`` returns the session's detector
+    (livekit's end-of-turn model for `eot`, the listening detector for `combined`)."""
     if SESSION_TYPE_CONFIGS[session_type].turn_detection != "server":
         return "manual"  # text turns are messages; push-to-talk turns are the client's RPCs
-    if settings.turn_detection == "eot":
+    mode = settings.turn_detection
+    if mode == "eot" or mode == "combined":
         detection: TurnDetectionMode = eot()
         return detection
-    if settings.turn_detection == "transcript":
+    if mode == "transcript":
         return _TRANSCRIPT
-    return settings.turn_detection
+    return mode
 
 
 _TRANSCRIPT = TranscriptTurnDetector()  # stateless: one serves every session
@@ -143,13 +195,11 @@ _TRANSCRIPT = TranscriptTurnDetector()  # stateless: one serves every session
 def turn_handling(
     settings: Settings, session_type: SessionType, eot: Callable[[], Any]
 ) -> TurnHandlingOptions:
-    """livekit's turn handling for a session type; ``eot`` returns the end-of-turn model."""
+    """livekit's turn handling for a session type; ``eot`` returns the session's detector."""
+    timing = turn_timing(settings)
     return {
         "turn_detection": turn_detection_mode(settings, session_type, eot),
-        "endpointing": {
-            "min_delay": settings.min_endpointing_delay,
-            "max_delay": settings.max_endpointing_delay,
-        },
+        "endpointing": {"min_delay": timing.min_delay, "max_delay": timing.max_delay},
         "preemptive_generation": {
             "enabled": settings.preemptive_generation != "off",
             "preemptive_tts": settings.preemptive_generation == "llm_tts",
