@@ -20,8 +20,12 @@ line with its figures:
   from the join to the agent in the room. Before issue 17 the busy rooms got no Clara at
   all (livekit's default load is the whole machine's CPU).
 
-Bare livekit is not compared here: it has no failover or room watcher of its own, and
-its dispatch is the same server-side machinery.
+Bare livekit is measured in the same run, with the same server and providers: the minimal
+livekit-agents worker of bench/density_bare.py (livekit's defaults: automatic dispatch, its
+load the machine's CPU, no room watcher), reached by people whose tokens ask for no agent
+by name. ``failover`` crashes it once (``--bare-crashes``), with a second bare worker up;
+``dispatch`` and ``admission`` run it as they run clara. A room that gets no agent within
+the bound (30 s) is counted, not timed.
 
     scripts/private-net .venv/bin/python -m bench.fleet [--crashes 10] [--rooms 20]
         [--only failover|dispatch|admission]
@@ -47,21 +51,37 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import AsyncIterator, Awaitable, Callable  # noqa: E402
+from typing import Literal  # noqa: E402
 
-from testkit.checks import event  # noqa: E402
+from bench.density_workers import registered  # noqa: E402
 from testkit.human import Human  # noqa: E402
-from testkit.livekit_server import LiveKitServer  # noqa: E402
+from testkit.livekit_server import AGENT_NAME, LiveKitServer  # noqa: E402
 from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI  # noqa: E402
 from testkit.worker import (  # noqa: E402
     STARTUP_TIMEOUT,
     WorkerProcess,
     free_port,
-    is_event,
     running_worker,
     worker_env,
 )
 
 REPLY = "Here I am."
+BARE_BOUND = 30.0
+"""Seconds a room waits for a bare livekit agent before it is counted as never served."""
+
+Kind = Literal["clara", "bare"]
+
+
+def in_room(line: dict[str, object], room: str) -> bool:
+    """A worker's line saying its agent started in ``room`` (clara) or took its job (livekit)."""
+    said = str(line.get("event") or line.get("message") or "")
+    return line.get("room") == room and said in ("agent started", "received job request")
+
+
+def person(group: Fleet, room: str, kind: Kind) -> Human:
+    """Someone opening ``room``: clara's tokens ask for Clara by name, bare livekit's for
+    no agent (its automatic dispatch)."""
+    return Human(group.server, room, "person", agent_name=None if kind == "bare" else AGENT_NAME)
 
 
 def figures(values: list[float]) -> dict[str, float]:
@@ -92,7 +112,7 @@ class Fleet:
         self._stack = contextlib.AsyncExitStack()
         self._n = 0
 
-    async def start_worker(self) -> WorkerProcess:
+    async def start_worker(self, kind: Kind = "clara") -> WorkerProcess:
         self._n += 1
         folder = self.work / f"worker-{self._n}"
         folder.mkdir()
@@ -102,13 +122,23 @@ class Fleet:
             "CLARA_PROMETHEUS_PORT": str(free_port()),
             "CLARA_DATA_DIR": str(folder / "data"),
         }
-        worker = await self._stack.enter_async_context(running_worker(env, folder))
-        await worker.wait_line(is_event("registered worker"), "registered", timeout=STARTUP_TIMEOUT)
+        command = None
+        if kind == "bare":
+            env.update(
+                BENCH_STT_URL=env["CLARA_STT_BASE_URL"],
+                BENCH_OPENAI_URL=env["CLARA_LLM_BASE_URL"],
+                BENCH_HTTP_PORT=env["CLARA_HTTP_PORT"],
+                PYTHONPATH=f"{ROOT}:{env.get('PYTHONPATH', '')}",
+            )
+            command = [sys.executable, "-m", "bench.density_bare", "start"]
+        worker = await self._stack.enter_async_context(running_worker(env, folder, command))
+        await worker.wait_line(registered, "registered", timeout=STARTUP_TIMEOUT)
         self.workers.append(worker)
         return worker
 
     def serving(self, room: str) -> WorkerProcess:
-        return next(w for w in self.workers if w.find(event("agent started", room=room)))
+        """The worker whose job is in ``room`` (clara's line, or livekit's)."""
+        return next(w for w in self.workers if w.find(lambda line: in_room(line, room)))
 
     async def aclose(self) -> None:
         await self._stack.aclose()
@@ -174,67 +204,82 @@ def replaced(person: Human, old: str) -> Callable[[], bool]:
     return lambda: person.agent is not None and person.agent.identity != old
 
 
-async def failover(work: Path, crashes: int, every: float) -> dict[str, object]:
+async def failover(work: Path, crashes: int, every: float, kind: Kind) -> dict[str, object]:
     to_agent: list[float] = []
     to_voice: list[float] = []
+    never = 0
     async with fleet(work) as group:
-        await group.start_worker()
-        await group.start_worker()
+        await group.start_worker(kind)
+        await group.start_worker(kind)
         for n in range(crashes):
-            room = f"failover-{n}-{secrets.token_hex(2)}"
-            person = Human(group.server, room, "person")
-            await person.join()
-            await ask_until_answered(person, every, 30)
-            old = person.agent
+            room = f"failover-{kind}-{n}-{secrets.token_hex(2)}"
+            someone = person(group, room, kind)
+            await someone.join()
+            await ask_until_answered(someone, every, 30)
+            old = someone.agent
             assert old is not None
             victim = group.serving(room)
             crashed_at = time.monotonic()
             await victim.crash()
             group.workers.remove(victim)
-            replacement = asyncio.create_task(group.start_worker())
-            joined = await until(replaced(person, old.identity), 60)
-            to_agent.append(joined)
-            to_voice.append(await ask_until_answered(person, every, 60) - crashed_at)
-            await person.leave()
+            replacement = asyncio.create_task(group.start_worker(kind))
+            try:
+                to_agent.append(await until(replaced(someone, old.identity), BARE_BOUND))
+            except TimeoutError:
+                never += 1
+            else:
+                to_voice.append(await ask_until_answered(someone, every, 60) - crashed_at)
+            await someone.leave()
             await replacement
-    return {"agent_back": figures(to_agent), "speaking_again": figures(to_voice)}
+    return {
+        "agent_back": figures(to_agent),
+        "speaking_again": figures(to_voice),
+        "never_back": never,
+    }
 
 
-async def dispatch(work: Path, rooms: int) -> dict[str, object]:
+async def time_to_agent(someone: Human) -> float | None:
+    """Seconds from the person's join to an agent in the room (``None``: not within the
+    bound)."""
+    started = time.monotonic()
+    await someone.join(wait_agent=False)
+    try:
+        await until(lambda: someone.agent is not None, BARE_BOUND)
+    except TimeoutError:
+        return None
+    return time.monotonic() - started
+
+
+def timed(waits: list[float | None]) -> dict[str, object]:
+    served = [w for w in waits if w is not None]
+    return {"to_agent": figures(served), "never_served": len(waits) - len(served)}
+
+
+async def dispatch(work: Path, rooms: int, kind: Kind) -> dict[str, object]:
     async with fleet(work) as group:
-        await group.start_worker()
-        await group.start_worker()
+        await group.start_worker(kind)
+        await group.start_worker(kind)
         people = [
-            Human(group.server, f"dispatch-{n}-{secrets.token_hex(2)}", "p") for n in range(rooms)
+            person(group, f"dispatch-{kind}-{n}-{secrets.token_hex(2)}", kind) for n in range(rooms)
         ]
-
-        async def timed(person: Human) -> float:
-            started = time.monotonic()
-            await person.join(wait_agent=False)
-            await until(lambda: person.agent is not None, 60)
-            return time.monotonic() - started
-
-        waits = await asyncio.gather(*(timed(p) for p in people))
-        served = {id(group.serving(p.room_name)) for p in people}
+        waits = await asyncio.gather(*(time_to_agent(p) for p in people))
+        served = {id(group.serving(p.room_name)) for p in people if p.agent is not None}
         await asyncio.gather(*(p.leave() for p in people))
-    return {"to_agent": figures(list(waits)), "workers_used": len(served)}
+    return {**timed(list(waits)), "workers_used": len(served)}
 
 
-async def admission(work: Path, per_phase: int = 5) -> dict[str, object]:
-    async def one_room(group: Fleet, n: int) -> float:
-        person = Human(group.server, f"admission-{n}-{secrets.token_hex(2)}", "p")
-        started = time.monotonic()
-        await person.join(wait_agent=False)
-        await until(lambda: person.agent is not None, 60)
-        waited = time.monotonic() - started
-        await person.leave()
+async def admission(work: Path, kind: Kind, per_phase: int = 5) -> dict[str, object]:
+    async def one_room(group: Fleet, n: int) -> float | None:
+        someone = person(group, f"admission-{kind}-{n}-{secrets.token_hex(2)}", kind)
+        waited = await time_to_agent(someone)
+        await someone.leave()
         return waited
 
     async with fleet(work) as group:
-        await group.start_worker()
+        await group.start_worker(kind)
         quiet = [await one_room(group, n) for n in range(per_phase)]
         context = multiprocessing.get_context("spawn")
-        hogs = [context.Process(target=_burn, args=(120,)) for _ in range(os.cpu_count() or 2)]
+        hogs = [context.Process(target=_burn, args=(300,)) for _ in range(os.cpu_count() or 2)]
         for hog in hogs:
             hog.start()
         try:
@@ -246,7 +291,7 @@ async def admission(work: Path, per_phase: int = 5) -> dict[str, object]:
                 hog.join()
         worker = group.workers[0]
         declined = len(worker.find(lambda line: "room job declined" in str(line.get("event"))))
-    return {"quiet": figures(quiet), "every_core_busy": figures(busy), "declined": declined}
+    return {"quiet": timed(quiet), "every_core_busy": timed(busy), "declined_logged": declined}
 
 
 MEASUREMENTS: dict[str, Callable[..., Awaitable[dict[str, object]]]] = {
@@ -259,20 +304,25 @@ MEASUREMENTS: dict[str, Callable[..., Awaitable[dict[str, object]]]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--crashes", type=int, default=10)
+    parser.add_argument("--bare-crashes", type=int, default=1)
     parser.add_argument("--rooms", type=int, default=20)
     parser.add_argument("--ask-every", type=float, default=2.5)
     parser.add_argument("--only", choices=sorted(MEASUREMENTS))
+    parser.add_argument("--kinds", default="clara,bare", help="clara, bare or both")
     args = parser.parse_args()
     print(json.dumps({"method": " ".join(__doc__.split("\n\n")[1].split())}))
     for name in [args.only] if args.only else list(MEASUREMENTS):
-        with tempfile.TemporaryDirectory(prefix=f"clara-{name}-") as work:
-            if name == "failover":
-                result = asyncio.run(failover(Path(work), args.crashes, args.ask_every))
-            elif name == "dispatch":
-                result = asyncio.run(dispatch(Path(work), args.rooms))
-            else:
-                result = asyncio.run(admission(Path(work)))
-        print(json.dumps({"measurement": name, **result}), flush=True)
+        for kind in args.kinds.split(","):
+            with tempfile.TemporaryDirectory(prefix=f"clara-{name}-") as folder:
+                work = Path(folder)
+                if name == "failover":
+                    crashes = args.crashes if kind == "clara" else args.bare_crashes
+                    result = asyncio.run(failover(work, crashes, args.ask_every, kind))
+                elif name == "dispatch":
+                    result = asyncio.run(dispatch(work, args.rooms, kind))
+                else:
+                    result = asyncio.run(admission(work, kind))
+            print(json.dumps({"measurement": name, "worker": kind, **result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,20 @@ def test_the_trees_own_cpu_counts_its_children_too() -> None:
     assert share > 0.3  # the child's burning shows in the parent's tree
 
 
+def test_two_reads_moments_apart_say_nothing_of_the_load() -> None:
+    """Regression: livekit reads the load again just before every job offer; a worker whose
+    tree used some CPU in the moment since the last read read full, and declined."""
+    hog = multiprocessing.get_context("spawn").Process(target=burn, args=(2.0,))
+    hog.start()  # the tree busy: every read sees CPU used
+    try:
+        tree = TreeCPU(cores=1.0)
+        tree.sample()
+        time.sleep(0.1)  # a CPU clock tick or ten, well under MIN_SPAN
+        assert tree.sample() == 0.0
+    finally:
+        hog.join()
+
+
 def test_the_cores_given_are_the_cgroup_quota_when_there_is_one(tmp_path: Path) -> None:
     cpus = len(os.sched_getaffinity(0))
     assert allotted_cores(tmp_path) == cpus  # no cgroup files: the CPUs it may run on

@@ -28,6 +28,9 @@ import psutil  # type: ignore[import-untyped]
 
 WINDOW = 2.5
 """Seconds the CPU share is averaged over (livekit's own measure uses 2.5 s too)."""
+MIN_SPAN = 0.4
+"""Seconds of samples before the share means anything (livekit reads the load every 0.5 s,
+and again before every job offer: two reads a few ms apart are noise)."""
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -71,12 +74,14 @@ class TreeCPU:
         self._clock = clock
         self._seen: dict[tuple[int, float], float] = {}
         """(pid, create time) → CPU seconds it had used at the last sample."""
+        self._last_wall: float | None = None
+        """When the last sample was taken (the epoch clock processes are born by)."""
         self._samples: deque[tuple[float, float]] = deque()
         """(time, CPU seconds used since the previous sample)."""
 
     def sample(self) -> float:
         """Take a sample; the share over the window."""
-        now = self._clock()
+        now, wall = self._clock(), time.time()
         used, seen = 0.0, {}
         for process in self._tree():
             try:
@@ -87,8 +92,12 @@ class TreeCPU:
                 continue
             total = times.user + times.system
             seen[key] = total
-            used += total - self._seen.get(key, total if not self._samples else 0.0)
-        self._seen = seen
+            if key in self._seen:
+                used += total - self._seen[key]
+            elif self._last_wall is not None and key[1] > self._last_wall:
+                used += total  # born since the last sample: all it used is new
+            # else: first seen now (the first sample, or it joined the tree): its baseline
+        self._seen, self._last_wall = seen, wall
         self._samples.append((now, max(used, 0.0)))
         while len(self._samples) > 1 and now - self._samples[1][0] >= WINDOW:
             self._samples.popleft()
@@ -98,8 +107,10 @@ class TreeCPU:
         if len(self._samples) < 2:
             return 0.0
         span = self._samples[-1][0] - self._samples[0][0]
+        if span < MIN_SPAN:  # a few ms of CPU over a few ms says nothing
+            return 0.0
         used = sum(cpu for _, cpu in list(self._samples)[1:])
-        return min(used / (span * self.cores), 1.0) if span > 0 else 0.0
+        return min(used / (span * self.cores), 1.0)
 
     def _tree(self) -> list[psutil.Process]:
         try:
