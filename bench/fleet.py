@@ -3,7 +3,9 @@
 Method: everything runs on this machine, inside the private network namespace
 (``scripts/private-net``): a real livekit-server, the loopback Deepgram and OpenAI peers
 (they answer at once), and real workers (``python -m clara_voice start``, default
-settings but the loopback providers; each its own data directory). People are real rtc
+settings but the loopback providers; each its own data directory; on this 2-core machine
+each takes 10 sessions, CLARA_MAX_SESSIONS' default, so 7 rooms at production's 0.7
+threshold). People are real rtc
 clients (testkit.human) speaking espeak-ng. Three measurements, each printed as a JSON
 line with its figures:
 
@@ -163,6 +165,7 @@ async def fleet(work: Path) -> AsyncIterator[Fleet]:
                 CLARA_LLM_BASE_URL=openai.base_url,
                 CLARA_TTS_BASE_URL=openai.base_url,
             )
+            del env["CLARA_NUM_IDLE_PROCESSES"]  # the harness's 1; here livekit's default
             group = Fleet(work, server, env)
             try:
                 yield group

@@ -104,6 +104,7 @@ class ClaraWorker(AgentServer):
             max_sessions=settings.max_sessions or default_max_sessions(),
             threshold=settings.load_threshold,
             log=log,
+            rooms=self._rooms,
         )
         self.settings = settings
         self.gave_up = False
@@ -182,13 +183,30 @@ class ClaraWorker(AgentServer):
         """The worker's load as LiveKit sees it: its own (fleet/load.py)."""
         return self.admission.read()
 
+    def _rooms(self) -> int:
+        """Room jobs running now (none before the worker runs)."""
+        return len(self.active_jobs) if hasattr(self, "_proc_pool") else 0
+
+    def _get_effective_load(self) -> float:
+        # livekit adds to the load, for each job it accepted and has not launched yet, its
+        # guess of one job's load (with none running: the threshold over its idle
+        # processes, 0.35 to 0.7): a burst of rooms to an idle worker was declined from the
+        # second or third on. A job here is a room, one session at least of the capacity.
+        return self._worker_load + self._reserved_slots / self.admission.load.max_sessions
+
     async def _answer_availability(self, msg: Any, **kwargs: Any) -> None:
         # livekit declines a job the worker has no room for without a word (a private
         # method, the one place it decides): clara says why, once per job, and counts it
         await self._refresh_worker_load()
         if not self._is_available():
             threshold = self.settings.load_threshold or (math.inf if self._devmode else 0.7)
-            self.admission.declined(msg.job, draining=self._draining, threshold=threshold)
+            self.admission.declined(
+                msg.job,
+                draining=self._draining,
+                threshold=threshold,
+                effective=self._get_effective_load(),
+                starting=self._reserved_slots,
+            )
         await super()._answer_availability(msg, **kwargs)
 
     async def _watch_rooms(self) -> None:

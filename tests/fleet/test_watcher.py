@@ -11,7 +11,7 @@ from livekit import api, rtc
 from livekit.agents.types import ATTRIBUTE_AGENT_NAME
 
 from clara_voice.fleet.presence import HEARTBEAT_ATTRIBUTE
-from clara_voice.fleet.watcher import JOIN_GRACE, RoomWatcher
+from clara_voice.fleet.watcher import DISPATCH_GRACE, JOIN_GRACE, RoomWatcher
 from clara_voice.logging import get_logger
 
 DEAD_AFTER = 4.0
@@ -35,11 +35,29 @@ class FakeRoomService:
 
 
 class FakeDispatchService:
+    """LiveKit's dispatches; ``taken``: whether a worker takes the ones made (LiveKit lists
+    a job for a dispatch a worker took, none when every worker was full)."""
+
     def __init__(self) -> None:
         self.dispatched: list[tuple[str, str]] = []
+        self.made: dict[str, api.AgentDispatch] = {}
+        self.deleted: list[str] = []
+        self.taken = True
 
-    async def create_dispatch(self, req: api.CreateAgentDispatchRequest) -> None:
+    async def create_dispatch(self, req: api.CreateAgentDispatchRequest) -> api.AgentDispatch:
+        made = api.AgentDispatch(id=f"AD_{len(self.dispatched)}", room=req.room)
         self.dispatched.append((req.room, req.agent_name))
+        if self.taken:
+            made.state.jobs.add(id=f"AJ_{len(self.dispatched)}")
+        self.made[made.id] = made
+        return made
+
+    async def list_dispatch(self, room_name: str) -> list[api.AgentDispatch]:
+        return [d for d in self.made.values() if d.room == room_name]
+
+    async def delete_dispatch(self, dispatch_id: str, room_name: str) -> api.AgentDispatch:
+        self.deleted.append(dispatch_id)
+        return self.made.pop(dispatch_id)
 
 
 class FakeAPI:
@@ -104,6 +122,36 @@ async def test_a_room_with_a_person_and_no_clara_gets_one_dispatch(
     clock.now += 1
     await watcher.round()  # its Clara is still starting: not dispatched twice
     assert len(lkapi.agent_dispatch.dispatched) == 1
+
+
+async def test_a_dispatch_no_worker_took_is_made_again_backing_off(
+    watcher: RoomWatcher, lkapi: FakeAPI, clock: Clock
+) -> None:
+    """Every worker full (a burst of rooms): LiveKit offers the job once and lists no job
+    for the dispatch; the room is dispatched again after 2 s, then 4, 8, at most 10."""
+    lkapi.agent_dispatch.taken = False
+    lkapi.room.rooms = {"call": [person("ada", joined_s_ago=JOIN_GRACE + 1)]}
+    made_at = []
+    for second in range(30):
+        before = len(lkapi.agent_dispatch.dispatched)
+        await watcher.round()
+        if len(lkapi.agent_dispatch.dispatched) > before:
+            made_at.append(second)
+        clock.now += 1
+    assert made_at == [0, 2, 6, 14, 24]
+    assert lkapi.agent_dispatch.deleted == ["AD_0", "AD_1", "AD_2", "AD_3"]
+
+
+async def test_a_dispatch_a_worker_took_has_its_grace_to_bring_clara(
+    watcher: RoomWatcher, lkapi: FakeAPI, clock: Clock
+) -> None:
+    lkapi.room.rooms = {"call": [person("ada", joined_s_ago=JOIN_GRACE + 1)]}
+    for _ in range(int(DISPATCH_GRACE)):
+        await watcher.round()
+        clock.now += 1
+    assert len(lkapi.agent_dispatch.dispatched) == 1  # its Clara is still on the way
+    await watcher.round()  # it never came (its job failed to start): again
+    assert len(lkapi.agent_dispatch.dispatched) == 2
 
 
 async def test_a_person_who_just_joined_is_left_to_the_rooms_own_dispatch(

@@ -12,6 +12,7 @@ load is exported as ``clara_worker_load``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,16 @@ AGENTS_POLL = 2.0
 class Admission:
     """The load a worker reports and what it says about the jobs it declines."""
 
-    def __init__(self, *, max_sessions: int, threshold: float | None, log: ContextLogger) -> None:
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        threshold: float | None,
+        log: ContextLogger,
+        rooms: Callable[[], int] = lambda: 0,
+    ) -> None:
+        """``rooms``: the room jobs the worker runs now; each holds a session at least,
+        before its agent says so (the agents report every ``AGENTS_POLL`` seconds)."""
         self._log = log
         self.threshold = threshold
         """``CLARA_LOAD_THRESHOLD`` (``None``: livekit's default for the mode)."""
@@ -36,7 +46,7 @@ class Admission:
         self.active_sessions = 0
         self.load = WorkerLoad(
             max_sessions=max_sessions,
-            sessions=lambda: self.active_sessions,
+            sessions=lambda: max(self.active_sessions, rooms()),
             unhealthy=lambda: self.unhealthy_agents,
         )
 
@@ -46,15 +56,25 @@ class Admission:
         telemetry.worker_load().set(value)
         return value
 
-    def declined(self, job: Any, *, draining: bool, threshold: float) -> None:
-        """The worker declined ``job`` (livekit's AvailabilityRequest job): said and counted."""
+    def declined(
+        self, job: Any, *, draining: bool, threshold: float, effective: float, starting: int
+    ) -> None:
+        """The worker declined ``job`` (livekit's AvailabilityRequest job): said and counted.
+        ``effective``: the load with the ``starting`` jobs it accepted and has not launched."""
         reason = "draining" if draining else "full"
-        why = (
-            "the worker is draining (SIGTERM)"
-            if draining
-            else self.load.last.why(threshold)
-            + f" (load {self.load.last.value:.2f} ≥ CLARA_LOAD_THRESHOLD {threshold:g})"
-        )
+        last = self.load.last
+        if draining:
+            why = "the worker is draining (SIGTERM)"
+        elif last.value < threshold <= effective:
+            why = (
+                f"{starting} room job(s) it accepted are still starting "
+                f"(load {effective:.2f} with them ≥ CLARA_LOAD_THRESHOLD {threshold:g})"
+            )
+        else:
+            why = (
+                last.why(threshold)
+                + f" (load {last.value:.2f} ≥ CLARA_LOAD_THRESHOLD {threshold:g})"
+            )
         telemetry.JOBS_DECLINED.labels(reason=reason).inc()
         self._log.warning(
             f"room job declined: {why}",

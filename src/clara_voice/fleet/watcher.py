@@ -8,7 +8,10 @@ watches the server's rooms, every ``CLARA_ROOM_WATCH_INTERVAL`` seconds, through
 - a room with at least one person (a standard, SIP or connector participant) that joined
   more than ``JOIN_GRACE`` seconds ago (its own dispatch is usually still starting) and no
   live Clara agent gets one, through LiveKit's dispatch API (``CreateDispatch`` with
-  ``CLARA_AGENT_NAME``), at most once every ``DISPATCH_GRACE`` seconds per room;
+  ``CLARA_AGENT_NAME``). A dispatch no worker took (every one full or draining: LiveKit
+  lists no job for it) is made again after ``NO_TAKER_AFTER`` seconds, then twice as long
+  each time up to ``DISPATCH_GRACE``; one a worker took has ``DISPATCH_GRACE`` seconds to
+  bring its Clara in;
 - a Clara agent is live while its heartbeat (``clara.heartbeat``, see
   :mod:`clara_voice.fleet.presence`) changes; one whose heartbeat stood still for
   ``CLARA_AGENT_DEAD_AFTER`` seconds, by this watcher's own clock, is dead: it is removed
@@ -24,6 +27,7 @@ and the next one runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -40,7 +44,10 @@ from clara_voice.logging import ContextLogger
 JOIN_GRACE = 3.0
 """Seconds a person is in a room before the watcher gives it a Clara of its own."""
 DISPATCH_GRACE = 10.0
-"""Seconds after a dispatch before the watcher dispatches to that room again."""
+"""Seconds a worker that took the room's dispatch has to bring its Clara in."""
+NO_TAKER_AFTER = 2.0
+"""Seconds after a dispatch before a dispatch no worker took is made again (then twice as
+long each time, up to ``DISPATCH_GRACE``): every worker was full or draining."""
 API_TIMEOUT = 5.0
 """Bound on each call to the server's API."""
 
@@ -53,6 +60,20 @@ PEOPLE: frozenset[int] = frozenset(
         rtc.ParticipantKind.PARTICIPANT_KIND_CONNECTOR,
     }
 )
+
+
+@dataclass
+class _Dispatch:
+    at: float
+    """When this watcher made it (its monotonic clock)."""
+    id: str
+    attempts: int
+    """Dispatches made for the room in a row, no Clara coming."""
+
+    @property
+    def wait(self) -> float:
+        """Seconds before the next look at whether a worker took it."""
+        return min(NO_TAKER_AFTER * 2.0 ** (self.attempts - 1), DISPATCH_GRACE)
 
 
 @dataclass
@@ -82,7 +103,7 @@ class RoomWatcher:
         self._dead_after = dead_after
         self._log = log
         self._beats: dict[tuple[str, str], _Beat] = {}
-        self._dispatched: dict[str, float] = {}
+        self._dispatched: dict[str, _Dispatch] = {}
         self.rounds = 0
 
     async def run(self) -> None:
@@ -114,18 +135,19 @@ class RoomWatcher:
         now = self._clock()
         rooms = await self._call(self._api.room.list_rooms(api.ListRoomsRequest()))
         seen: set[tuple[str, str]] = set()
+        waiting: set[str] = set()
         for room in rooms.rooms:
             if room.num_participants == 0:
                 continue
             listed = await self._call(
                 self._api.room.list_participants(api.ListParticipantsRequest(room=room.name))
             )
-            await self._look(room.name, listed.participants, now, seen)
+            if await self._look(room.name, listed.participants, now, seen):
+                waiting.add(room.name)
         for key in set(self._beats) - seen:  # agents (or rooms) gone: forget them
             del self._beats[key]
-        for name, at in list(self._dispatched.items()):
-            if now - at > DISPATCH_GRACE:
-                del self._dispatched[name]
+        for name in set(self._dispatched) - waiting:  # its Clara came, or the room went
+            del self._dispatched[name]
         self.rounds += 1
 
     async def _look(
@@ -134,7 +156,8 @@ class RoomWatcher:
         participants: Iterable[api.ParticipantInfo],
         now: float,
         seen: set[tuple[str, str]],
-    ) -> None:
+    ) -> bool:
+        """Heal ``room`` if it needs it; whether it waits for a Clara."""
         people = [p for p in participants if int(p.kind) in PEOPLE]
         claras = [p for p in participants if is_clara(p, self._agent_name)]
         live: list[api.ParticipantInfo] = []
@@ -144,7 +167,7 @@ class RoomWatcher:
             seen.add(key)
             (live if self._alive(key, clara, now) else dead).append(clara)
         if not people or live:
-            return
+            return False
         for clara in dead:
             self._log.warning(
                 "Clara agent dead (no heartbeat), removing it",
@@ -153,19 +176,42 @@ class RoomWatcher:
             await self._remove(room, clara.identity)
             telemetry.ROOMS_HEALED.labels(action="removed").inc()
         waited = time.time() - min(joined_ms(p) for p in people) / 1000
-        if waited < JOIN_GRACE or room in self._dispatched:
-            return
-        self._dispatched[room] = now
-        await self._call(
+        if waited < JOIN_GRACE:
+            return False  # its own dispatch is usually still starting
+        last = self._dispatched.get(room)
+        if last is not None:
+            if now - last.at < last.wait:
+                return True
+            if now - last.at < DISPATCH_GRACE and await self._taken(room, last.id):
+                return True  # a worker took it: its Clara is on the way
+            await self._forget(room, last.id)
+        made = await self._call(
             self._api.agent_dispatch.create_dispatch(
                 api.CreateAgentDispatchRequest(room=room, agent_name=self._agent_name)
             )
         )
+        attempts = last.attempts + 1 if last is not None else 1
+        self._dispatched[room] = _Dispatch(now, made.id, attempts)
         telemetry.ROOMS_HEALED.labels(action="dispatched").inc()
-        self._log.warning(
-            "room without a live Clara, dispatched one",
-            extra={"room": room, "people": len(people), "dead_agents": len(dead)},
-        )
+        extra = {"room": room, "people": len(people), "dead_agents": len(dead)}
+        if last is None:
+            self._log.warning("room without a live Clara, dispatched one", extra=extra)
+        else:  # every worker full or draining, or the one that took it lost it
+            self._log.info(
+                "room still without a live Clara, dispatched again",
+                extra={**extra, "attempt": attempts},
+            )
+        return True
+
+    async def _taken(self, room: str, dispatch_id: str) -> bool:
+        """Whether a worker took the dispatch (LiveKit lists the jobs it gave out)."""
+        dispatches = await self._call(self._api.agent_dispatch.list_dispatch(room))
+        return any(d.id == dispatch_id and d.state.jobs for d in dispatches)
+
+    async def _forget(self, room: str, dispatch_id: str) -> None:
+        """Delete a dispatch that brought no Clara (best effort: it only clutters the list)."""
+        with contextlib.suppress(api.TwirpError, aiohttp.ClientError, TimeoutError):
+            await self._call(self._api.agent_dispatch.delete_dispatch(dispatch_id, room))
 
     def _alive(self, key: tuple[str, str], clara: api.ParticipantInfo, now: float) -> bool:
         value = clara.attributes.get(HEARTBEAT_ATTRIBUTE, "")
@@ -190,4 +236,4 @@ class RoomWatcher:
                 raise  # gone already: it left on its own, or another watcher removed it
 
 
-__all__ = ["API_TIMEOUT", "DISPATCH_GRACE", "JOIN_GRACE", "RoomWatcher"]
+__all__ = ["API_TIMEOUT", "DISPATCH_GRACE", "JOIN_GRACE", "NO_TAKER_AFTER", "RoomWatcher"]
