@@ -87,6 +87,8 @@ def person(group: Fleet, room: str, kind: Kind) -> Human:
 
 
 def figures(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return {

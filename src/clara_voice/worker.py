@@ -104,7 +104,7 @@ class ClaraWorker(AgentServer):
             max_sessions=settings.max_sessions or default_max_sessions(),
             threshold=settings.load_threshold,
             log=log,
-            rooms=self._rooms,
+            jobs=self._job_ids,
         )
         self.settings = settings
         self.gave_up = False
@@ -183,9 +183,9 @@ class ClaraWorker(AgentServer):
         """The worker's load as LiveKit sees it: its own (fleet/load.py)."""
         return self.admission.read()
 
-    def _rooms(self) -> int:
-        """Room jobs running now (none before the worker runs)."""
-        return len(self.active_jobs) if hasattr(self, "_proc_pool") else 0
+    def _job_ids(self) -> list[str]:
+        """The room jobs running now (none before the worker runs)."""
+        return [j.job.id for j in self.active_jobs] if hasattr(self, "_proc_pool") else []
 
     def _get_effective_load(self) -> float:
         # livekit adds to the load, for each job it accepted and has not launched yet, its

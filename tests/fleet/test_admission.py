@@ -10,7 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from clara_voice.config import Settings
+from clara_voice.fleet.admission import Admission
+from clara_voice.logging import get_logger
 from clara_voice.worker import ClaraWorker
+
+log = get_logger("test.admission")
 
 
 def burst(worker: ClaraWorker) -> int:
@@ -52,3 +56,20 @@ def test_a_declined_offer_says_it_was_the_rooms_still_starting(
     )
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith(f"room job declined: {accepted} room job(s) it accepted are still")
+
+
+def test_a_new_room_counts_until_its_agent_reports_and_an_idle_one_never() -> None:
+    """A room job just launched holds a session before its agent reports one (every 2 s):
+    a burst cannot overfill the worker. Regression: counting every running job as a session
+    made rooms whose people had left (LiveKit keeps them 20 s) fill the worker, which then
+    declined a room opened on a quiet worker."""
+    jobs: list[str] = []
+    admission = Admission(max_sessions=10, threshold=0.7, log=log, jobs=lambda: jobs)
+    jobs += ["AJ_1", "AJ_2"]
+    assert admission.load.read() == pytest.approx(0.2)  # launched, not reported yet
+    admission.set_agents(unhealthy=0, sessions=1)  # a poll: one of them already says so
+    assert admission.load.read() == pytest.approx(0.3)  # both still too new to trust
+    admission.set_agents(unhealthy=0, sessions=2)  # a full poll later: the agents' word
+    assert admission.load.read() == pytest.approx(0.2)
+    admission.set_agents(unhealthy=0, sessions=0)  # the people left, the jobs linger
+    assert admission.load.read() == pytest.approx(0.0)

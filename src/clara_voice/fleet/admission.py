@@ -35,20 +35,29 @@ class Admission:
         max_sessions: int,
         threshold: float | None,
         log: ContextLogger,
-        rooms: Callable[[], int] = lambda: 0,
+        jobs: Callable[[], list[str]] = list,
     ) -> None:
-        """``rooms``: the room jobs the worker runs now; each holds a session at least,
-        before its agent says so (the agents report every ``AGENTS_POLL`` seconds)."""
+        """``jobs``: the ids of the room jobs the worker runs now. A job that started since
+        the agents' last report holds a session before its agent can say so."""
         self._log = log
+        self._jobs = jobs
         self.threshold = threshold
         """``CLARA_LOAD_THRESHOLD`` (``None``: livekit's default for the mode)."""
         self.unhealthy_agents = 0
         self.active_sessions = 0
+        self._known: set[str] = set()
+        """Jobs that have had a full poll to report their sessions."""
+        self._seen: set[str] = set()
+        """Jobs running at the last poll."""
         self.load = WorkerLoad(
             max_sessions=max_sessions,
-            sessions=lambda: max(self.active_sessions, rooms()),
+            sessions=self._sessions,
             unhealthy=lambda: self.unhealthy_agents,
         )
+
+    def _sessions(self) -> int:
+        """The agents' sessions, and one for each job too new to have reported."""
+        return self.active_sessions + len(set(self._jobs()) - self._known)
 
     def read(self) -> float:
         """The worker's load now (livekit's ``load_fnc``; it runs on a thread)."""
@@ -85,6 +94,7 @@ class Admission:
         """What the agents report: ``unhealthy`` fail their health check, ``sessions`` held."""
         was, self.unhealthy_agents = self.unhealthy_agents, unhealthy
         self.active_sessions = sessions
+        self._known, self._seen = self._seen, set(self._jobs())
         if bool(was) == bool(unhealthy):
             return
         if unhealthy:
