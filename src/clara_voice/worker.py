@@ -375,7 +375,7 @@ async def end_of_job(ctx: JobContext) -> None:
 
 async def _close_agent(ctx: JobContext) -> None:
     presence = ctx.proc.userdata.get(PRESENCE_USERDATA_KEY, {}).pop(ctx.job.id, None)
-    if presence is not None:  # before the agent: it beats through the agent's attributes
+    if presence is not None:  # before the agent: it beats as the agent's participant
         await within(presence.aclose(), CANCEL_GRACE, what="the agent's presence", log=log)
     agent = ctx.proc.userdata.get(AGENTS_USERDATA_KEY, {}).pop(ctx.job.id, None)
     if agent is not None:  # a hard bound, below livekit's own on end_of_job

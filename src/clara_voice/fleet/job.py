@@ -66,7 +66,6 @@ async def join_fleet(ctx: JobContext, agent: ClaraVoiceAgent, settings: Settings
 
     presence = AgentPresence(
         ctx.room,
-        agent.surface.attributes,
         agent_name=settings.agent_name,
         dead_after=settings.agent_dead_after,
         leave=lambda reason: ctx.shutdown(reason=reason),

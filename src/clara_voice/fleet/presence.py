@@ -1,10 +1,17 @@
 """AgentPresence: a room job's Clara says it is alive, and steps aside for a live one.
 
 Every ``HEARTBEAT_INTERVAL`` seconds the agent writes its heartbeat, the agent attribute
-``clara.heartbeat`` (unix ms), through the room's one attribute writer, which sends each
-beat at once (``AgentAttributes.beat``). The room watchers
-of the fleet (:mod:`clara_voice.fleet.watcher`) and the page read it: an agent whose
-heartbeat stopped changing for ``CLARA_AGENT_DEAD_AFTER`` seconds is dead (its worker
+``clara.heartbeat`` (unix ms), from a thread of its own straight to livekit's native
+client (``agent/_livekit_ffi.send_attributes``), each beat its own request, never waiting
+for LiveKit's acknowledgement: the heartbeat says that the job's *process* is alive. It
+used to go through the room's attribute writer on the event loop, and stopped whenever the
+loop was held up (a machine over its capacity blocked job loops for seconds) or an
+acknowledgement did not come (LiveKit leaves one now and then for 5 s); watchers then
+removed live Claras from their calls, adding load to a machine that had none to spare.
+Whether the agent is *well* is the worker's health check, not the fleet's business.
+
+The room watchers of the fleet (:mod:`clara_voice.fleet.watcher`) and the page read it: an
+agent whose heartbeat stopped changing for ``CLARA_AGENT_DEAD_AFTER`` seconds is dead (its worker
 crashed) even while LiveKit still lists it, which it does for about 20 s.
 
 There is one Clara per room. When another Clara agent (kind AGENT, the same
@@ -17,16 +24,18 @@ other is dead, and this job removes it from the room (through the server API) an
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from livekit import api, rtc
 from livekit.agents.types import ATTRIBUTE_AGENT_NAME
 from livekit.agents.utils import aio
 
+from clara_voice.agent._livekit_ffi import send_attributes
 from clara_voice.logging import ContextLogger
-from clara_voice.voice.attributes import AgentAttributes
 
 HEARTBEAT_ATTRIBUTE = "clara.heartbeat"
 HEARTBEAT_INTERVAL = 1.0
@@ -60,22 +69,25 @@ class AgentPresence:
     def __init__(
         self,
         room: rtc.Room,
-        attributes: AgentAttributes,
         *,
         agent_name: str,
         dead_after: float,
         leave: Callable[[str], None],
         remove: Callable[[str], Awaitable[None]],
         log: ContextLogger,
+        send: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
+        """``send``: writes attributes from the heartbeat's thread (default: livekit's native
+        client, as the room's local participant)."""
         self._room = room
-        self._attributes = attributes
+        self._send = send or partial(send_attributes, room.local_participant)
         self._agent_name = agent_name
         self._dead_after = dead_after
         self._leave = leave
         self._remove = remove
         self._log = log
-        self._heartbeat_atask: asyncio.Task[None] | None = None
+        self._stop_beating = threading.Event()
+        self._beating: threading.Thread | None = None
         self._checks: dict[str, asyncio.Task[None]] = {}
         self._beats: dict[str, asyncio.Event] = {}
         self._left = False
@@ -89,7 +101,9 @@ class AgentPresence:
         self._room.on("participant_connected", self._on_connected)
         self._room.on("participant_attributes_changed", self._on_attributes)
         self._room.on("participant_disconnected", self._on_disconnected)
-        self._heartbeat_atask = asyncio.create_task(self._beat(), name="clara.heartbeat")
+        self._stop_beating.clear()
+        self._beating = threading.Thread(target=self._beat, name="clara.heartbeat", daemon=True)
+        self._beating.start()
         for participant in list(self._room.remote_participants.values()):
             self._on_connected(participant)
 
@@ -100,15 +114,28 @@ class AgentPresence:
             self._room.off("participant_connected", self._on_connected)
             self._room.off("participant_attributes_changed", self._on_attributes)
             self._room.off("participant_disconnected", self._on_disconnected)
-        tasks = [t for t in (self._heartbeat_atask, *self._checks.values()) if t is not None]
+        self._stop_beating.set()
+        if self._beating is not None:
+            await asyncio.to_thread(self._beating.join, HEARTBEAT_INTERVAL + 1)
+            self._beating = None
+        tasks = list(self._checks.values())
         self._checks.clear()
         await aio.cancel_and_wait(*tasks)
 
-    async def _beat(self) -> None:
-        ticker = aio.interval(HEARTBEAT_INTERVAL)
+    def _beat(self) -> None:
+        """The heartbeat's thread: a beat now, then every ``HEARTBEAT_INTERVAL`` seconds."""
+        failing = False
         while True:
-            await ticker.tick()
-            self._attributes.beat(HEARTBEAT_ATTRIBUTE, str(int(time.time() * 1000)))
+            try:
+                self._send({HEARTBEAT_ATTRIBUTE: str(int(time.time() * 1000))})
+            except Exception as exc:
+                if not failing:  # said once per streak
+                    self._log.warning("could not send the heartbeat", exc_info=exc)
+                failing = True
+            else:
+                failing = False
+            if self._stop_beating.wait(HEARTBEAT_INTERVAL):
+                return
 
     def _older(self, other: rtc.Participant) -> bool:
         """Whether ``other`` came first (the one that stays when both are alive)."""

@@ -13,13 +13,6 @@ return at once; one owned task writes them:
   key, and counted;
 - while the agent's own link is down, writing waits, and goes on once it is back; a
   failed write is tried again after ``RETRY_INTERVAL`` seconds, or with the next change.
-
-A heartbeat (:meth:`AgentAttributes.beat`) is the exception: a value that only says the
-agent is alive goes out at once, in a request of its own, without waiting for the one
-before it. LiveKit's acknowledgement of an attribute update now and then does not come for
-5 s (the SDK's timeout; seen under load, and in multi-node mode): waiting for it, in line
-with the other keys, made a live agent's heartbeat stand still long enough for the fleet's
-watchers to take it for dead and remove it.
 """
 
 from __future__ import annotations
@@ -38,8 +31,6 @@ MAX_ATTRIBUTES_BYTES = 32 * 1024
 """Budget for the agent's attributes (LiveKit allows 64 KiB for all of a participant's)."""
 RETRY_INTERVAL = 2.0
 """Seconds before a failed write is tried again (sooner when another change comes)."""
-BEATS_IN_FLIGHT = 4
-"""Heartbeats awaiting LiveKit's acknowledgement at most; a beat beyond them is skipped."""
 
 
 class AgentAttributes:
@@ -72,8 +63,6 @@ class AgentAttributes:
         self._write_atask: asyncio.Task[None] | None = None
         self._retry = False
         self._closed = False
-        self._beats: set[asyncio.Task[None]] = set()
-        self._beat_failing = False
         self.refused: Counter[str] = Counter()
         """Values refused for the budget, by key prefix."""
 
@@ -90,7 +79,6 @@ class AgentAttributes:
     async def aclose(self) -> None:
         """Stop writing and forget what is pending; safe to call twice."""
         self._closed = True
-        await aio.cancel_and_wait(*self._beats)
         if self._write_atask is not None:
             await aio.cancel_and_wait(self._write_atask)
         self._dirty.clear()
@@ -128,25 +116,6 @@ class AgentAttributes:
         self._drained.clear()
         self._wakeup.set()
         return True
-
-    def beat(self, key: str, value: str) -> None:
-        """Write ``key`` (a heartbeat: small, always changing) now, in its own request,
-        while the link is up; see the module docstring."""
-        if self._closed or not self._link_up.is_set() or len(self._beats) >= BEATS_IN_FLIGHT:
-            return
-        task = asyncio.create_task(self._write_beat(key, value), name="clara.agent_beat")
-        self._beats.add(task)
-        task.add_done_callback(self._beats.discard)
-
-    async def _write_beat(self, key: str, value: str) -> None:
-        try:
-            await self._room.local_participant.set_attributes({key: value})
-        except Exception as exc:
-            if not self._beat_failing:  # said once per streak
-                self._log.warning("failed to publish the agent's heartbeat", exc_info=exc)
-            self._beat_failing = True
-        else:
-            self._beat_failing = False
 
     async def drain(self) -> None:
         """Wait until everything set has been written (callers bound the wait)."""
