@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess, values
 
 from clara_voice import telemetry
+from clara_voice.fleet.admission import sweep_dead_processes
 from clara_voice.voice.messages import TurnMetrics
 from tests.metrics_writer_proc import metrics_writers
 
@@ -97,26 +98,31 @@ def test_two_agents_gauges_add_up_and_each_takes_only_its_share_back(tmp_path: P
             sample("clara_sessions_by_state", state="reconnecting"),
             sample("clara_outbox_pending"),
             sample("clara_agent_unhealthy"),
+            sample("clara_agents_running"),
         )
 
     base = now()
-    unhealthy_base = telemetry.unhealthy_agents(tmp_path)
+    unhealthy_base = telemetry.agents_figures(tmp_path).unhealthy
+    running_base = telemetry.agents_figures(tmp_path).running
     first, second = telemetry.AgentGauges(), telemetry.AgentGauges()
     first.set_session_states({"connected": 2})
     first.set_outbox_pending(5)
     first.set_unhealthy(True)
     first.set_unhealthy(True)  # still one unhealthy agent
+    first.set_running(True)
+    second.set_running(True)
     second.set_session_states({"connected": 1, "reconnecting": 1})
     second.set_outbox_pending(2)
-    assert [a - b for a, b in zip(now(), base, strict=True)] == [4, 3, 1, 7, 1]
+    assert [a - b for a, b in zip(now(), base, strict=True)] == [4, 3, 1, 7, 1, 2]
     # this process's values are not in a folder (no PROMETHEUS_MULTIPROC_DIR here): they
     # count as they would for agents in the worker process (livekit's thread executor)
-    assert telemetry.unhealthy_agents(tmp_path) == unhealthy_base + 1
+    assert telemetry.agents_figures(tmp_path).unhealthy == unhealthy_base + 1
+    assert telemetry.agents_figures(tmp_path).running == running_base + 2
 
     first.set_session_states({"connected": 1})  # one session left
-    assert [a - b for a, b in zip(now(), base, strict=True)] == [3, 2, 1, 7, 1]
+    assert [a - b for a, b in zip(now(), base, strict=True)] == [3, 2, 1, 7, 1, 2]
     first.clear()
-    assert [a - b for a, b in zip(now(), base, strict=True)] == [2, 1, 1, 2, 0]
+    assert [a - b for a, b in zip(now(), base, strict=True)] == [2, 1, 1, 2, 0, 1]
     second.clear()
     second.clear()
     assert now() == base
@@ -163,8 +169,8 @@ async def test_job_processes_metrics_are_merged_and_an_ended_process_is_swept(
         assert merged("clara_turn_latency_seconds_count", stage="e2e") == 2
         assert merged("clara_turn_latency_seconds_sum", stage="e2e") == pytest.approx(2.0)
         assert "clara_agent_unhealthy 1.0" in generate_latest(registry).decode()
-        assert telemetry.unhealthy_agents(folder) == 1
-        assert telemetry.sweep_dead_processes(folder) == []  # both alive
+        assert telemetry.agents_figures(folder).unhealthy == 1
+        assert sweep_dead_processes(folder) == []  # both alive
 
         await second.stop()  # an agent that closed took its share back
         assert merged("clara_active_sessions") == 2
@@ -172,9 +178,9 @@ async def test_job_processes_metrics_are_merged_and_an_ended_process_is_swept(
 
         await first.stop()  # ended without closing its agent, as a crashed job does
         assert merged("clara_agent_unhealthy") == 1  # until the worker sweeps it
-        assert telemetry.sweep_dead_processes(folder) == sorted([first.pid, second.pid])
+        assert sweep_dead_processes(folder) == sorted([first.pid, second.pid])
 
-    assert telemetry.unhealthy_agents(folder) == 0
+    assert telemetry.agents_figures(folder).unhealthy == 0
     assert merged("clara_agent_unhealthy") == 0
     assert merged("clara_active_sessions") == 0
     assert registry.get_sample_value("clara_memory_mb") is None  # no live process left
@@ -219,4 +225,4 @@ def test_an_operators_folder_is_used_and_left_in_place(
         assert folder == given
     assert given.is_dir()
     assert os.environ[telemetry.MULTIPROC_ENV] == str(given)
-    assert telemetry.sweep_dead_processes(tmp_path / "not-made-yet") == []
+    assert sweep_dead_processes(tmp_path / "not-made-yet") == []

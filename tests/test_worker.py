@@ -8,6 +8,7 @@ import json
 import logging
 import pickle
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from livekit import rtc
 from livekit.agents import JobContext, JobExecutorType, JobProcess, Plugin
 
 from clara_voice import _closing
-from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE
+from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from clara_voice.config import Settings, load_settings
+from clara_voice.fleet import presence as presence_module
+from clara_voice.fleet.presence import HEARTBEAT_ATTRIBUTE
 from clara_voice.logging import LEVELLED_LOGGERS
 from clara_voice.persistence.sqlite import DB_FILENAME
 from clara_voice.worker import (
@@ -86,6 +89,38 @@ async def test_entrypoint_runs_one_agent_for_the_room_and_closes_it_at_shutdown(
     assert left
     assert all(getattr(cb, "__self__", None) is job_ctx for cb in left)
     assert shutdowns == []
+
+
+async def test_the_job_beats_from_the_moment_it_is_in_the_room_while_its_agent_starts(
+    job_ctx: JobContext, room: FakeRoom, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 17, 20 rooms at once on 2 cores): the heartbeat began once the
+    agent had started; an overloaded machine took longer than CLARA_AGENT_DEAD_AFTER to
+    start it, and the watchers removed Claras that were still starting as dead ones."""
+    beats: list[dict[str, str]] = []
+    beating = threading.Event()
+
+    def send(_: object, attributes: dict[str, str]) -> None:  # on the heartbeat's thread
+        beats.append(attributes)
+        beating.set()
+
+    monkeypatch.setattr(presence_module, "send_attributes", send)
+    release = asyncio.Event()
+    real_start = ClaraVoiceAgent.start
+
+    async def slow_start(agent: ClaraVoiceAgent) -> None:
+        await release.wait()  # a job process starved of CPU
+        await real_start(agent)
+
+    monkeypatch.setattr(ClaraVoiceAgent, "start", slow_start)
+    room.join("alice")
+    job = asyncio.create_task(entrypoint(job_ctx, settings=settings, pipeline_factory=fake_factory))
+    assert await asyncio.to_thread(beating.wait, 5)
+    assert not job.done()  # beating, and the agent is still starting
+    assert HEARTBEAT_ATTRIBUTE in beats[0]
+    release.set()
+    await job
+    await run_shutdown_callbacks(job_ctx)
 
 
 def test_prewarm_loads_the_bundled_vad_once_per_process(settings: Settings) -> None:

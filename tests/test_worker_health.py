@@ -62,16 +62,16 @@ def test_an_agent_in_trouble_fills_the_workers_load_and_never_its_health_endpoin
     assert worker._load() < 1.0  # its own processes' CPU and sessions
     caplog.clear()  # "worker registered with LiveKit"
 
-    worker.admission.set_agents(unhealthy=2, sessions=0)
+    worker.admission.set_agents(unhealthy=2, sessions=0, running=0)
     assert worker._load() == 1.0  # above any load threshold: no new jobs
-    worker.admission.set_agents(unhealthy=1, sessions=0)  # still in trouble: logged once
+    worker.admission.set_agents(unhealthy=1, sessions=0, running=0)  # still in trouble: logged once
     assert messages(caplog) == [TROUBLE]
     trouble = next(r for r in caplog.records if r.getMessage() == TROUBLE)
     assert trouble.levelno == logging.WARNING
     assert trouble.unhealthy_agents == 2  # type: ignore[attr-defined]
     assert worker.live and not worker._connection_failed
 
-    worker.admission.set_agents(unhealthy=0, sessions=0)
+    worker.admission.set_agents(unhealthy=0, sessions=0, running=0)
     assert worker._load() < 1.0
     assert messages(caplog) == [TROUBLE, RECOVERED]
 

@@ -6,9 +6,9 @@ on prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, see
 the worker process merges them when ``/metrics`` is scraped. Each gauge says how the
 processes' values combine (``multiprocess_mode``): ``livesum`` for things that add up
 (sessions, pending records, unhealthy agents), ``livemax`` for memory; "live" means the
-values of a process that ended are dropped, which :func:`sweep_dead_processes` does (the
-worker calls it; livekit does not). Counters and histograms keep the totals of ended
-processes, as Prometheus expects of them.
+values of a process that ended are dropped, which the worker's admission does
+(:func:`clara_voice.fleet.admission.sweep_dead_processes`; livekit does not). Counters and
+histograms keep the totals of ended processes, as Prometheus expects of them.
 
 An agent's gauges go through its own :class:`AgentGauges`, which adds the agent's share
 and takes it back when the agent closes, so several agents in one process (livekit's
@@ -28,7 +28,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Final, Literal, Protocol, get_args
+from typing import Final, Literal, NamedTuple, Protocol, get_args
 
 import psutil  # type: ignore[import-untyped]
 from prometheus_client import Counter, Gauge, Histogram, multiprocess, values
@@ -86,6 +86,12 @@ _SESSIONS_NAME = "clara_active_sessions"
 ACTIVE_SESSIONS = Gauge(
     _SESSIONS_NAME,
     "Participant sessions held by the worker's agents.",
+    multiprocess_mode="livesum",
+)
+_RUNNING_NAME = "clara_agents_running"
+AGENTS_RUNNING = Gauge(
+    _RUNNING_NAME,
+    "Room agents that have started: sessions made for the people present at the start.",
     multiprocess_mode="livesum",
 )
 SESSIONS_BY_STATE = Gauge(
@@ -188,6 +194,7 @@ class AgentGauges:
         self._states: dict[str, int] = {}
         self._outbox_pending = 0
         self._unhealthy = False
+        self._running = False
 
     def set_session_states(self, counts: Mapping[str, int]) -> None:
         """The agent's sessions by connection state (their sum is its active sessions)."""
@@ -205,6 +212,12 @@ class AgentGauges:
             OUTBOX_PENDING.inc(delta)
         self._outbox_pending = pending
 
+    def set_running(self, running: bool) -> None:
+        """The agent has started (its first sessions are made) or has closed."""
+        if running != self._running:
+            AGENTS_RUNNING.inc(1 if running else -1)
+        self._running = running
+
     def set_unhealthy(self, unhealthy: bool) -> None:
         if unhealthy != self._unhealthy:
             AGENT_UNHEALTHY.inc(1 if unhealthy else -1)
@@ -215,6 +228,7 @@ class AgentGauges:
         self.set_session_states({})
         self.set_outbox_pending(0)
         self.set_unhealthy(False)
+        self.set_running(False)
 
 
 # -- the worker process's side ------------------------------------------------------------
@@ -297,9 +311,6 @@ def multiprocess_dir() -> Iterator[Path]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-_LIVE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
-
-
 def _remove_dead_workers_dirs() -> None:
     # a worker that was killed (SIGKILL, out of memory) could not remove its folder; the
     # folder's name carries the worker's pid
@@ -310,10 +321,18 @@ def _remove_dead_workers_dirs() -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def agents_figures(directory: str | os.PathLike[str]) -> tuple[int, int]:
-    """The worker's agents as their processes report them: how many are unhealthy, and how
-    many sessions they hold (every other live process writing to ``directory``, and this
-    process's own: agents run here with livekit's thread executor).
+class AgentsFigures(NamedTuple):
+    """What the worker's agents report of themselves, summed."""
+
+    unhealthy: int  # agents failing their health check
+    sessions: int  # participant sessions they hold
+    running: int  # agents that have started (a room job whose agent has not is starting)
+
+
+def agents_figures(directory: str | os.PathLike[str]) -> AgentsFigures:
+    """The worker's agents as their processes report them (every other live process writing
+    to ``directory``, and this process's own: agents run here with livekit's thread
+    executor).
 
     Blocking file I/O: call it off the event loop.
     """
@@ -323,41 +342,21 @@ def agents_figures(directory: str | os.PathLike[str]) -> tuple[int, int]:
         for path in glob.glob(os.path.join(os.fspath(directory), "gauge_livesum_*.db"))
         if not path.endswith(own)
     ]
+    gauges = ((_UNHEALTHY_NAME, AGENT_UNHEALTHY), (_SESSIONS_NAME, ACTIVE_SESSIONS))
     totals = {
         name: sum(s.value for metric in gauge.collect() for s in metric.samples)
-        for name, gauge in ((_UNHEALTHY_NAME, AGENT_UNHEALTHY), (_SESSIONS_NAME, ACTIVE_SESSIONS))
+        for name, gauge in (*gauges, (_RUNNING_NAME, AGENTS_RUNNING))
     }
     for metric in multiprocess.MultiProcessCollector.merge(files):  # type: ignore[no-untyped-call]
         if metric.name in totals:
             totals[metric.name] += sum(sample.value for sample in metric.samples)
-    return max(0, round(totals[_UNHEALTHY_NAME])), max(0, round(totals[_SESSIONS_NAME]))
-
-
-def unhealthy_agents(directory: str | os.PathLike[str]) -> int:
-    """Agents reporting unhealthy (see :func:`agents_figures`). Blocking file I/O."""
-    return agents_figures(directory)[0]
-
-
-def sweep_dead_processes(directory: str | os.PathLike[str]) -> list[int]:
-    """Drop the live gauges of processes that ended (``mark_process_dead``); their pids.
-
-    A job process that crashed or was killed never takes its share back; without this its
-    last values (an unhealthy agent, its sessions) would count forever. Blocking file I/O.
-    """
-    if not os.path.isdir(directory):
-        return []  # not made yet (livekit makes an operator's folder when it starts)
-    pids: set[int] = set()
-    for path in Path(directory).iterdir():
-        if (match := _LIVE_FILE.match(path.name)) is not None:
-            pids.add(int(match.group(1)))
-    dead = sorted(pid for pid in pids if pid != os.getpid() and not psutil.pid_exists(pid))
-    for pid in dead:
-        multiprocess.mark_process_dead(pid, os.fspath(directory))  # type: ignore[no-untyped-call]
-    return dead
+    unhealthy, sessions, running = (max(0, round(value)) for value in totals.values())
+    return AgentsFigures(unhealthy, sessions, running)
 
 
 __all__ = [
     "ACTIVE_SESSIONS",
+    "AGENTS_RUNNING",
     "AGENT_UNHEALTHY",
     "ERRORS",
     "ERROR_SOURCES",
@@ -374,6 +373,7 @@ __all__ = [
     "TURN_LATENCY",
     "TURN_STAGES",
     "AgentGauges",
+    "AgentsFigures",
     "ErrorSource",
     "TurnStage",
     "agents_figures",
@@ -383,8 +383,6 @@ __all__ = [
     "process_memory_mb",
     "record_turn",
     "set_memory_mb",
-    "sweep_dead_processes",
-    "unhealthy_agents",
     "worker_info",
     "worker_load",
 ]

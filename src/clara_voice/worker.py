@@ -50,7 +50,7 @@ from clara_voice.agent.agent import CONNECT_FAILED_MESSAGE, ClaraVoiceAgent
 from clara_voice.agent.closing import backstop
 from clara_voice.config import Settings
 from clara_voice.fleet.admission import Admission
-from clara_voice.fleet.job import join_fleet
+from clara_voice.fleet.job import join_fleet, remember_conversation
 from clara_voice.fleet.load import default_max_sessions
 from clara_voice.fleet.watcher import RoomWatcher
 from clara_voice.logging import RenderFormat, configure_logging, get_logger
@@ -358,9 +358,10 @@ async def entrypoint(
         )
         ctx.shutdown(reason="room connection failed")
         return
-    await agent.start()
     presences = ctx.proc.userdata.setdefault(PRESENCE_USERDATA_KEY, {})
-    presences[ctx.job.id] = await join_fleet(ctx, agent, settings)
+    presences[ctx.job.id] = join_fleet(ctx, settings)  # it beats while the agent starts
+    await agent.start()
+    await remember_conversation(ctx, agent.conversation.conversation_id)
 
 
 async def end_of_job(ctx: JobContext) -> None:

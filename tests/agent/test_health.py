@@ -317,6 +317,7 @@ async def test_the_session_gauges_follow_the_agent_and_closing_takes_them_back(
         return value or 0.0
 
     baseline = active(), in_state("connected"), in_state("reconnecting")
+    started = gauge("clara_agents_running")
     monitor = monitor_of(fake, health_settings(tmp_path, health_check_interval=60.0), log=log)
     fake.sessions["a"] = FakeSession()
     monitor.sessions_changed()  # not running yet: nothing exported
@@ -324,6 +325,7 @@ async def test_the_session_gauges_follow_the_agent_and_closing_takes_them_back(
 
     await monitor.start()
     assert active() == baseline[0] + 1
+    assert gauge("clara_agents_running") == started + 1  # the worker stops counting it as starting
     fake.sessions["b"] = FakeSession(connection_state="reconnecting")
     fake.emit("session_created", fake.sessions["b"])  # the gauges follow the sessions' events
     assert active() == baseline[0] + 2
@@ -331,6 +333,7 @@ async def test_the_session_gauges_follow_the_agent_and_closing_takes_them_back(
 
     await monitor.aclose()
     assert (active(), in_state("connected"), in_state("reconnecting")) == baseline
+    assert gauge("clara_agents_running") == started
     fake.emit("session_closed", fake.sessions.pop("b"), "left")  # closed: nothing exported
     assert active() == baseline[0]
     assert not fake._events.get("session_closed")  # no handler left behind

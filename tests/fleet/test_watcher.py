@@ -181,6 +181,31 @@ async def test_a_clara_whose_heartbeat_moves_is_live_and_one_that_stops_is_repla
     assert lkapi.agent_dispatch.dispatched == [("call", "clara")]
 
 
+async def test_a_round_slowed_by_a_busy_server_does_not_make_a_new_clara_look_dead(
+    watcher: RoomWatcher, lkapi: FakeAPI, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 17, 20 rooms at once on 2 cores): a heartbeat's age counted from
+    the start of the round, though the rooms are listed one after another; on a busy
+    server a round took seconds, so a Clara first listed late in a slow round looked to
+    have stood still since its start, and a starting Clara was removed as dead."""
+    listed = lkapi.room.list_participants
+    slow = {"busy": 5.0}  # the server takes 5 s to list this room, once
+
+    async def list_participants(req: api.ListParticipantsRequest) -> Any:
+        clock.now += slow.pop(req.room, 0.0)
+        return await listed(req)
+
+    monkeypatch.setattr(lkapi.room, "list_participants", list_participants)
+    lkapi.room.rooms = {
+        "busy": [person("bo", joined_s_ago=60), clara("agent-0", "1")],
+        "call": [person("ada", joined_s_ago=60), clara("agent-1", "1")],  # it just joined
+    }
+    await watcher.round()
+    clock.now += 1
+    await watcher.round()  # a second later: one beat missed, nothing more
+    assert lkapi.room.removed == []
+
+
 async def test_another_agent_or_a_room_of_agents_alone_is_not_claras_business(
     watcher: RoomWatcher, lkapi: FakeAPI, clock: Clock
 ) -> None:

@@ -155,6 +155,7 @@ class HealthMonitor(AsyncService):
         for event in _SESSION_EVENTS:
             self._sessions.on(event, self._on_sessions_changed)
         self.sessions_changed()
+        self._gauges.set_running(True)  # the agent's first sessions are made: it has started
         self._stalls = LoopStalls()
         self._round_atask = asyncio.create_task(self._run(), name="clara.health.rounds")
 

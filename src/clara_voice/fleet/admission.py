@@ -12,11 +12,15 @@ load is exported as ``clara_worker_load``.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
 from livekit.agents.utils import aio
+from prometheus_client import multiprocess
 
 from clara_voice import telemetry
 from clara_voice.fleet.load import WorkerLoad
@@ -37,18 +41,16 @@ class Admission:
         log: ContextLogger,
         jobs: Callable[[], list[str]] = list,
     ) -> None:
-        """``jobs``: the ids of the room jobs the worker runs now. A job that started since
-        the agents' last report holds a session before its agent can say so."""
+        """``jobs``: the ids of the room jobs the worker runs now. A job whose agent has not
+        started yet holds a session before its agent can say so."""
         self._log = log
         self._jobs = jobs
         self.threshold = threshold
         """``CLARA_LOAD_THRESHOLD`` (``None``: livekit's default for the mode)."""
         self.unhealthy_agents = 0
         self.active_sessions = 0
-        self._known: set[str] = set()
-        """Jobs that have had a full poll to report their sessions."""
-        self._seen: set[str] = set()
-        """Jobs running at the last poll."""
+        self.running_agents = 0
+        """Agents that had started at the last poll (their sessions are in the count)."""
         self.load = WorkerLoad(
             max_sessions=max_sessions,
             sessions=self._sessions,
@@ -56,8 +58,10 @@ class Admission:
         )
 
     def _sessions(self) -> int:
-        """The agents' sessions, and one for each job too new to have reported."""
-        return self.active_sessions + len(set(self._jobs()) - self._known)
+        """The agents' sessions, and one for each job whose agent has not started: on a busy
+        machine a job process takes seconds to start its agent, and a burst of rooms must
+        not overfill the worker meanwhile. A started agent whose people left holds none."""
+        return self.active_sessions + max(0, len(self._jobs()) - self.running_agents)
 
     def read(self) -> float:
         """The worker's load now (livekit's ``load_fnc``; it runs on a thread)."""
@@ -90,11 +94,12 @@ class Admission:
             extra={"job_id": job.id, "room": job.room.name, "reason": reason},
         )
 
-    def set_agents(self, *, unhealthy: int, sessions: int) -> None:
-        """What the agents report: ``unhealthy`` fail their health check, ``sessions`` held."""
+    def set_agents(self, *, unhealthy: int, sessions: int, running: int) -> None:
+        """What the agents report: ``unhealthy`` fail their health check, ``sessions`` held,
+        ``running`` have started."""
         was, self.unhealthy_agents = self.unhealthy_agents, unhealthy
         self.active_sessions = sessions
-        self._known, self._seen = self._seen, set(self._jobs())
+        self.running_agents = running
         if bool(was) == bool(unhealthy):
             return
         if unhealthy:
@@ -109,13 +114,15 @@ class Admission:
         """Read the agents' health and sessions (dropping the gauges of ended processes
         first); how many are unhealthy."""
 
-        def read() -> tuple[int, int]:
-            telemetry.sweep_dead_processes(metrics_dir)
+        def read() -> telemetry.AgentsFigures:
+            sweep_dead_processes(metrics_dir)
             return telemetry.agents_figures(metrics_dir)
 
-        unhealthy, sessions = await asyncio.to_thread(read)
-        self.set_agents(unhealthy=unhealthy, sessions=sessions)
-        return unhealthy
+        figures = await asyncio.to_thread(read)
+        self.set_agents(
+            unhealthy=figures.unhealthy, sessions=figures.sessions, running=figures.running
+        )
+        return figures.unhealthy
 
     async def run(self, metrics_dir: Path) -> None:
         """Read the agents every ``AGENTS_POLL`` seconds until cancelled."""
@@ -138,4 +145,25 @@ class Admission:
                 failing = False
 
 
-__all__ = ["AGENTS_POLL", "Admission"]
+_LIVE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def sweep_dead_processes(directory: str | os.PathLike[str]) -> list[int]:
+    """Drop the live gauges of processes that ended (``mark_process_dead``); their pids.
+
+    A job process that crashed or was killed never takes its share back; without this its
+    last values (an unhealthy agent, its sessions) would count forever. Blocking file I/O.
+    """
+    if not os.path.isdir(directory):
+        return []  # not made yet (livekit makes an operator's folder when it starts)
+    pids: set[int] = set()
+    for path in Path(directory).iterdir():
+        if (match := _LIVE_FILE.match(path.name)) is not None:
+            pids.add(int(match.group(1)))
+    dead = sorted(pid for pid in pids if pid != os.getpid() and not psutil.pid_exists(pid))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, os.fspath(directory))  # type: ignore[no-untyped-call]
+    return dead
+
+
+__all__ = ["AGENTS_POLL", "Admission", "sweep_dead_processes"]

@@ -1,11 +1,13 @@
-"""What a room job does for the fleet, once its agent has started.
+"""What a room job does for the fleet.
 
 - The conversation outlives the job: a room whose metadata names no conversation gets the
   one this job started (``{"conversation_id": …}``, through the server API), so a job that
   replaces this one (a crash, a restart, another worker) continues the same conversation,
   each person's history loaded from the shared store. Metadata that is not a JSON object
   is left alone (the conversation then starts afresh in a new job).
-- Its :class:`~clara_voice.fleet.presence.AgentPresence` beats and keeps one Clara per room.
+- Its :class:`~clara_voice.fleet.presence.AgentPresence` beats and keeps one Clara per room,
+  from the moment the job is in the room: on a busy machine an agent can take seconds to
+  start, and watchers would take a Clara that never beat for a dead one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from livekit import api
 from livekit.agents import JobContext
 
 from clara_voice._json import parse_json
-from clara_voice.agent.agent import ClaraVoiceAgent
 from clara_voice.config import Settings
 from clara_voice.fleet.presence import AgentPresence
 from clara_voice.logging import ContextLogger, get_logger
@@ -25,8 +26,10 @@ from clara_voice.logging import ContextLogger, get_logger
 API_TIMEOUT = 5.0
 
 
-async def remember_conversation(ctx: JobContext, conversation_id: str, log: ContextLogger) -> None:
-    """Write ``conversation_id`` into the room's metadata if it names none."""
+async def remember_conversation(ctx: JobContext, conversation_id: str) -> None:
+    """Write ``conversation_id`` (the started agent's) into the room's metadata if it names
+    none."""
+    log = _log(ctx)
     raw = ctx.room.metadata
     try:
         data = parse_json(raw) if raw.strip() else {}
@@ -53,10 +56,13 @@ async def remember_conversation(ctx: JobContext, conversation_id: str, log: Cont
     )
 
 
-async def join_fleet(ctx: JobContext, agent: ClaraVoiceAgent, settings: Settings) -> AgentPresence:
-    """The started ``agent``'s part in the fleet: its conversation in the room's metadata,
-    and its presence (started; the caller closes it before the agent)."""
-    log = get_logger("clara_voice.fleet", job_id=ctx.job.id, room=ctx.room.name)
+def _log(ctx: JobContext) -> ContextLogger:
+    return get_logger("clara_voice.fleet", job_id=ctx.job.id, room=ctx.room.name)
+
+
+def join_fleet(ctx: JobContext, settings: Settings) -> AgentPresence:
+    """The job's presence in its room, started (call it once the room is connected; the
+    caller closes it before the agent)."""
 
     async def remove(identity: str) -> None:
         async with asyncio.timeout(API_TIMEOUT):
@@ -70,10 +76,9 @@ async def join_fleet(ctx: JobContext, agent: ClaraVoiceAgent, settings: Settings
         dead_after=settings.agent_dead_after,
         leave=lambda reason: ctx.shutdown(reason=reason),
         remove=remove,
-        log=log,
+        log=_log(ctx),
     )
     presence.start()
-    await remember_conversation(ctx, agent.conversation.conversation_id, log)
     return presence
 
 

@@ -132,7 +132,6 @@ class RoomWatcher:
 
     async def round(self) -> None:
         """One look at every room."""
-        now = self._clock()
         rooms = await self._call(self._api.room.list_rooms(api.ListRoomsRequest()))
         seen: set[tuple[str, str]] = set()
         waiting: set[str] = set()
@@ -142,6 +141,9 @@ class RoomWatcher:
             listed = await self._call(
                 self._api.room.list_participants(api.ListParticipantsRequest(room=room.name))
             )
+            # when the room was seen as it is listed: the rooms are listed one after
+            # another, and a busy server makes a round last seconds
+            now = self._clock()
             if await self._look(room.name, listed.participants, now, seen):
                 waiting.add(room.name)
         for key in set(self._beats) - seen:  # agents (or rooms) gone: forget them
