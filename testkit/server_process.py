@@ -9,6 +9,7 @@ build on it.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -20,12 +21,32 @@ GRACE_TIMEOUT = 3.0
 STOP_TIMEOUT = 10.0
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands out to outgoing connections and to ``bind(0)``."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A TCP (or UDP) port on 127.0.0.1 with nothing bound to it (as of now)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP (or UDP) port on 127.0.0.1 with nothing bound to it (as of now), below the
+    kernel's ephemeral range: a port from ``bind(0)`` may be taken by any outgoing
+    connection before the server binds it (a livekit-server failed to start with "address
+    already in use" while workers were connecting)."""
+    ephemeral = _ephemeral_ports()
+    candidates = range(10000, ephemeral.start) if ephemeral.start > 11000 else range(0)
+    for _ in range(50):
+        port = random.choice(candidates) if candidates else 0
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            found: int = sock.getsockname()[1]
+            return found
+    raise RuntimeError("no free port below the ephemeral range after 50 tries")
 
 
 def log_tail(path: Path, lines: int = 30, *, name: str = "server") -> str:

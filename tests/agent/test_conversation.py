@@ -16,6 +16,7 @@ from clara_voice.logging import get_logger
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
 from clara_voice.voice.messages import HistoryMessage
 from testkit.fakes import FakePipelineFactory, FakeRoom, report
+from testkit.outbox import drained as outbox_drained
 from testkit.tasks import settle
 
 LOG = get_logger("clara_voice.test")
@@ -240,7 +241,7 @@ async def test_saving_never_waits_for_a_slow_or_dead_backend(
     recorder2 = agent2.conversation.recorder
     assert recorder2 is not None
     async with asyncio.timeout(10):
-        await recorder2.outbox.wait_drained()
+        await outbox_drained(recorder2.outbox)
     await agent2.aclose()
     stored = await read_store(settings, agent.conversation.conversation_id)
     assert [m.text for m in stored] == [t for i in range(50) for t in (f"q{i}", f"a{i}")]

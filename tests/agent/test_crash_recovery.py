@@ -28,6 +28,7 @@ from clara_voice.persistence.base import OutboxRecord, StoredMessage
 from clara_voice.persistence.outbox import Outbox
 from clara_voice.persistence.postgres import PostgresBackend
 from clara_voice.persistence.sqlite import DB_FILENAME, SQLiteBackend
+from testkit.outbox import drained as outbox_drained
 from testkit.postgres import query, until_rows
 from tests.persistence.outbox_writer_proc import turn
 from tests.persistence.records import sqlite_rows
@@ -124,7 +125,7 @@ async def test_records_acknowledged_by_a_killed_process_are_delivered_once(
     backend = CountingBackend(store)
     async with store, Outbox(data, backend, retry_base=0.01, retry_max=0.05) as outbox:
         async with asyncio.timeout(10):
-            await outbox.wait_drained()
+            await outbox_drained(outbox)
         assert outbox.pending_count() == 0
         assert outbox.stats.adopted_files == 1
         assert not orphan.exists()
@@ -170,7 +171,7 @@ async def test_a_worker_killed_mid_conversation_loses_no_acknowledged_turn(
     await agent.start()
     assert agent.conversation.recorder is not None
     async with asyncio.timeout(15):
-        await agent.conversation.recorder.outbox.wait_drained()
+        await outbox_drained(agent.conversation.recorder.outbox)
     await agent.aclose()
 
     delivered = Counter(key for key in backend.calls if key.startswith("turn:"))
@@ -238,14 +239,14 @@ async def test_a_persons_history_follows_them_across_workers_and_a_crash(
                 }
                 await outbox_b.put(OutboxRecord(key=f"turn:b1:{seq}", kind="turn", payload=later))
             async with asyncio.timeout(10):
-                await outbox_b.wait_drained()
+                await outbox_drained(outbox_b)
 
     async with (
         PostgresBackend(postgres_dsn) as store_a,
         Outbox(worker_a, store_a, retry_base=0.01, retry_max=0.05) as outbox_a,
     ):
         async with asyncio.timeout(20):
-            await outbox_a.wait_drained()
+            await outbox_drained(outbox_a)
         assert outbox_a.stats.adopted_files == 1
         final = await store_a.get_recent_messages("conv-s0", 100_000, participant="user-s0")
     texts = [m.text for m in final]

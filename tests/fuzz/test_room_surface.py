@@ -29,6 +29,7 @@ from clara_voice.sync.protocol import RPC_SET_SESSION_TYPE, SESSION_ATTRIBUTE_PR
 from clara_voice.voice.routing import PTT_METHODS
 from testkit.checks import config_of
 from testkit.fakes import FakePipelineFactory, FakeRoom
+from testkit.outbox import drained as outbox_drained
 from testkit.tasks import settle
 from tests.fuzz.conftest import Watch, budget, deeply_nested, long_texts, texts
 from tests.fuzz.test_chat_and_push_to_talk import rpc
@@ -235,7 +236,7 @@ class Arena:
 
         async def delivered() -> None:
             async with asyncio.timeout(10):
-                await recorder.outbox.wait_drained()
+                await outbox_drained(recorder.outbox)
 
         self.runner.run(delivered())
 

@@ -15,6 +15,8 @@ import pytest
 
 from clara_voice.persistence.base import Backend, BackendError, OutboxRecord, StoredMessage
 from clara_voice.persistence.outbox import THREAD_NAME, Outbox, OutboxError
+from testkit.outbox import adopt_orphans
+from testkit.outbox import drained as outbox_drained
 from testkit.tasks import other_tasks
 
 Mode = Literal["ok", "down", "hang"]
@@ -113,7 +115,7 @@ def outbox_files(directory: Path) -> list[Path]:
 
 async def drained(outbox: Outbox, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
-        await outbox.wait_drained()
+        await outbox_drained(outbox)
 
 
 @pytest.fixture
@@ -329,7 +331,7 @@ async def test_a_live_outbox_file_is_not_taken_by_another(data: Path) -> None:
 
     other_backend = FakeBackend()
     async with fast(data, other_backend) as other:
-        assert await other.adopt_orphans() == 0
+        assert await adopt_orphans(other) == 0
         await drained(other)
         assert other_backend.stored == []
         assert other.stats.adopted_files == 0
@@ -337,7 +339,7 @@ async def test_a_live_outbox_file_is_not_taken_by_another(data: Path) -> None:
         assert live.pending_count() == 5
 
         await live.aclose()  # the lock is released, the records stay
-        assert await other.adopt_orphans() == 5
+        assert await adopt_orphans(other) == 5
         await drained(other)
         assert other_backend.stored == [turn("live", i).key for i in range(5)]
 

@@ -231,18 +231,6 @@ class Outbox(AsyncService):
         """
         await self.put_nowait(record)
 
-    async def wait_drained(self) -> None:
-        """Wait until every record put so far is delivered or dead-lettered and the files
-        are tidied (the writer found nothing left); bound it with a timeout."""
-        await self._drained.wait()
-
-    async def adopt_orphans(self) -> int:
-        """Sweep the folder for files of ended processes now; returns the records adopted."""
-        if not self._started or self._closing or self._closed:
-            return 0
-        adoptions = await self._run(self._store.sweep)
-        return self._adopted(adoptions)
-
     async def aclose(self) -> None:
         """Stop taking puts, deliver for up to ``flush_timeout`` seconds, release the file.
 
