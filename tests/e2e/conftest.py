@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from livekit import api
 
 from testkit.livekit_server import LiveKitFleet, LiveKitServer, ServerMissingError
 from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI
@@ -69,6 +70,25 @@ def livekit_server(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+async def _rooms_end_with_their_test(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """The rooms a test leaves on the session's server are deleted when it ends: a worker
+    killed with its test leaves its agent and people in them until the server times them
+    out, and the next test's worker, whose watcher heals any room with a person and no
+    live Clara, would serve them."""
+    yield
+    if "livekit_server" not in request.fixturenames:
+        return
+    server: LiveKitServer = request.getfixturevalue("livekit_server")
+    lkapi = server.api()
+    try:
+        listed = await lkapi.room.list_rooms(api.ListRoomsRequest())
+        for room in listed.rooms:
+            await lkapi.room.delete_room(api.DeleteRoomRequest(room=room.name))
+    finally:
+        await lkapi.aclose()
 
 
 @pytest.fixture(scope="session")
