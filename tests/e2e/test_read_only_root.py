@@ -17,14 +17,33 @@ from testkit.human import Human
 from testkit.livekit_server import LiveKitServer
 from tests.e2e.conftest import Providers, StartClara
 
+ROOT = Path(__file__).resolve().parents[2]
 DATA_MOUNT = "/srv"  # exists on every Debian system, empty; bound only inside the namespace
 EXIT_TIMEOUT = 60.0
+
+
+def _kept_under_tmp(scratch: Path) -> list[str]:
+    """Mounts that keep what the worker runs from (this tree, its virtualenv) visible,
+    read-only, where it lives under /tmp (a fresh clone made with ``mktemp -d``): the
+    scratch directory takes /tmp's place."""
+    q = shlex.quote
+    tree, venv = ROOT, Path(sys.prefix).resolve()
+    steps: list[str] = []
+    for path in [tree] if venv.is_relative_to(tree) else [tree, venv]:
+        if not path.is_relative_to("/tmp"):
+            continue
+        inside = scratch / path.relative_to("/tmp")
+        inside.mkdir(parents=True)
+        steps += [f"mount --bind {q(str(path))} {q(str(inside))}"]
+        steps += [f"mount -o remount,bind,ro {q(str(inside))}"]
+    return steps
 
 
 def _read_only_root(data: Path, scratch: Path) -> list[str]:
     steps = [
         f"mount --bind {shlex.quote(str(data))} {DATA_MOUNT}",
-        f"mount --bind {shlex.quote(str(scratch))} /tmp",
+        *_kept_under_tmp(scratch),
+        f"mount --rbind {shlex.quote(str(scratch))} /tmp",
         "mount -o remount,bind,ro /",  # this namespace's view only
         "if [ -w / ]; then echo 'the root is writable' >&2; exit 97; fi",
         "cd /",

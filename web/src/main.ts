@@ -19,7 +19,7 @@ import { PushToTalk, decideKey } from './ptt';
 import { ReconnectController } from './reconnect';
 import { ClaraRoom, type RoomListener } from './session';
 import { ConfigTracker } from './session-config';
-import { appendCapped, canPushToTalk, initialState, installDebugHook, Store, SYNC_LOG_LIMIT } from './state';
+import { appendCapped, canChat, canPushToTalk, initialState, installDebugHook, Store, SYNC_LOG_LIMIT } from './state';
 import { STATUS_TEXT, statusView } from './status';
 import { DEFAULT_TOKEN_ENDPOINT, fetchToken } from './token';
 import { classifySpeaker, consumeTranscription, Transcript, transcribedTrackId } from './transcript';
@@ -44,6 +44,8 @@ let chatCount = 0;
 /** The ticket of the last token: a reconnection of this session keeps its identity. */
 let resume: string | null = null;
 const presence = new ClaraPresence();
+/** The last Clara agent this session saw: another one is a new Clara, starting afresh. */
+let lastAgent: string | null = null;
 
 function checkPresence(): void {
   const away = store.current.status === 'connected' && presence.away(Date.now());
@@ -140,6 +142,13 @@ const listener: RoomListener = {
   linkReconnected: () => controller.linkReconnected(),
   linkWatchChanged: ({ armed, stalled }) => store.patch({ linkArmed: armed, linkStalled: stalled }),
   agentChanged: (agent) => {
+    if (agent && lastAgent !== null && agent.identity !== lastAgent) {
+      // a new Clara (her worker crashed or restarted): the old one's session config says
+      // nothing of the new one's, which is starting
+      configs.reset();
+      store.patch({ config: null });
+    }
+    if (agent) lastAgent = agent.identity;
     store.patch({ agentIdentity: agent?.identity ?? null, agentState: null });
     presence.update(agent?.identity ?? null, agent?.attributes[ATTR_HEARTBEAT], Date.now());
     checkPresence();
@@ -250,6 +259,7 @@ els.joinForm.addEventListener('submit', (event) => {
   }
   resume = null; // a new session: a new identity
   presence.reset();
+  lastAgent = null;
   media.unlock(); // inside the click: the browser lets audio play from now on
   transcript.clear();
   configs.reset();
@@ -315,7 +325,7 @@ els.chatForm.addEventListener('submit', async (event) => {
   event.preventDefault();
   const text = chatMessage(els.chatInput.value);
   const session = current;
-  if (!text || !session) return;
+  if (!text || !session || !canChat(store.current)) return; // it waits in the box
   try {
     await session.sendChat(text);
     transcript.add({ speaker: 'user', text, final: true, segmentId: `chat-${++chatCount}` });

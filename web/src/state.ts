@@ -84,6 +84,15 @@ export function canPushToTalk(state: Readonly<AppState>): boolean {
   return state.status === 'connected' && state.sessionType === 'voice-ptt' && state.config?.state === 'active';
 }
 
+/**
+ * Whether a chat message can go to Clara now: her session for this page is active and she
+ * is here. Sent while she starts (a first join, or a new Clara after a crash), it would
+ * reach an agent with no chat handler yet and be dropped; the message waits in the box.
+ */
+export function canChat(state: Readonly<AppState>): boolean {
+  return state.status === 'connected' && !state.claraAway && state.config?.state === 'active';
+}
+
 export type StateKey = keyof AppState;
 export type Listener = (state: Readonly<AppState>, changed: ReadonlySet<StateKey>) => void;
 

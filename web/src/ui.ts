@@ -1,7 +1,7 @@
 // The page's DOM: element lookup and rendering of the state. No behaviour lives here.
 
 import { isSessionType, SESSION_TYPE_LABELS, type SessionConfig, type SessionType } from './protocol';
-import { canPushToTalk, type AppState, type StateKey, type SyncLogEntry } from './state';
+import { canChat, canPushToTalk, type AppState, type StateKey, type SyncLogEntry } from './state';
 import { statusView } from './status';
 import type { TranscriptEntry } from './transcript';
 
@@ -121,9 +121,9 @@ export function render(els: Elements, state: Readonly<AppState>, changed: Readon
     els.name.disabled = !view.canStart;
     els.sessionType.disabled = !(view.canStart || connected);
     els.chatInput.disabled = !connected;
-    els.sendChat.disabled = !connected;
     els.switchType.disabled = !connected;
   }
+  if (has('status', 'claraAway', 'config')) els.sendChat.disabled = !canChat(state);
   if (has('status', 'sessionType')) els.mute.disabled = !(connected && voice);
   if (has('status', 'sessionType', 'config')) els.ptt.disabled = !canPushToTalk(state);
   if (has('sessionType') && els.sessionType.value !== state.sessionType) {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { SessionConfig } from '../src/protocol';
-import { appendCapped, canPushToTalk, initialState, installDebugHook, Store, type AppState, type StateKey } from '../src/state';
+import { appendCapped, canChat, canPushToTalk, initialState, installDebugHook, Store, type AppState, type StateKey } from '../src/state';
 
 describe('Store', () => {
   it('tells listeners which keys changed, and only when something did', () => {
@@ -74,5 +74,31 @@ describe('canPushToTalk', () => {
     expect(canPushToTalk({ ...ready, config: { ...config, state: 'idle' } })).toBe(false);
     expect(canPushToTalk({ ...ready, status: 'reconnecting' })).toBe(false);
     expect(canPushToTalk({ ...ready, sessionType: 'voice-vad' })).toBe(false);
+  });
+});
+
+describe('canChat', () => {
+  const config: SessionConfig = {
+    type: 'text',
+    state: 'active',
+    started_at: 1,
+    voice_mode: null,
+    is_muted: null,
+    turn_detection: 'none',
+    room_id: 'r',
+    last_sync_at: 1,
+    sync_attempts: 0,
+    inconsistency_detected: false,
+    voice_activity_enabled: false,
+  };
+  const ready: AppState = { ...initialState('r', 'u'), status: 'connected', sessionType: 'text', config };
+
+  it('waits for an active session of a Clara who is here (a message sent before is dropped)', () => {
+    expect(canChat(ready)).toBe(true);
+    expect(canChat({ ...ready, config: null })).toBe(false); // a new Clara, starting
+    expect(canChat({ ...ready, config: { ...config, state: 'idle' } })).toBe(false);
+    expect(canChat({ ...ready, claraAway: true })).toBe(false); // "Clara is reconnecting…"
+    expect(canChat({ ...ready, status: 'reconnecting' })).toBe(false);
+    expect(canChat({ ...ready, sessionType: 'voice-vad' })).toBe(true); // chat in any session type
   });
 });
