@@ -52,20 +52,22 @@ describe('appendCapped', () => {
   });
 });
 
+const pttConfig: SessionConfig = {
+  type: 'voice-ptt',
+  state: 'active',
+  started_at: 1,
+  voice_mode: 'push-to-talk',
+  is_muted: false,
+  turn_detection: 'client',
+  room_id: 'r',
+  last_sync_at: 1,
+  sync_attempts: 0,
+  inconsistency_detected: false,
+  voice_activity_enabled: true,
+};
+
 describe('canPushToTalk', () => {
-  const config: SessionConfig = {
-    type: 'voice-ptt',
-    state: 'active',
-    started_at: 1,
-    voice_mode: 'push-to-talk',
-    is_muted: false,
-    turn_detection: 'client',
-    room_id: 'r',
-    last_sync_at: 1,
-    sync_attempts: 0,
-    inconsistency_detected: false,
-    voice_activity_enabled: true,
-  };
+  const config = pttConfig;
   const ready: AppState = { ...initialState('r', 'u'), status: 'connected', sessionType: 'voice-ptt', config };
 
   it('needs a connected push-to-talk session whose pipeline is active', () => {
@@ -79,16 +81,11 @@ describe('canPushToTalk', () => {
 
 describe('canChat', () => {
   const config: SessionConfig = {
+    ...pttConfig,
     type: 'text',
-    state: 'active',
-    started_at: 1,
     voice_mode: null,
     is_muted: null,
     turn_detection: 'none',
-    room_id: 'r',
-    last_sync_at: 1,
-    sync_attempts: 0,
-    inconsistency_detected: false,
     voice_activity_enabled: false,
   };
   const ready: AppState = { ...initialState('r', 'u'), status: 'connected', sessionType: 'text', config };
