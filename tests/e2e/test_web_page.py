@@ -45,7 +45,7 @@ SPOKEN_REPLY = "It is sunny and warm today."
 TYPED = "Could you write that down for me?"
 TYPED_REPLY = "Sunny and warm, in writing."
 HELD = "This one was asked for"
-PTT_REPLY = "Push to talk answer."
+PTT_REPLY = "Push to talk answer, spoken once the button is let go."  # 3 s of voice
 # web/src/status.ts, the seed's words
 FAILED_MESSAGE = "Connection lost. Please check your internet and try starting a new session."
 
