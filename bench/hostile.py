@@ -37,7 +37,7 @@ import secrets  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 
-from testkit.hostile import ACTIONS, Hostile, alice_turn, reply  # noqa: E402
+from testkit.hostile import ACTIONS, Hostile, alice_turn, reply, talk_through  # noqa: E402
 from testkit.human import Human  # noqa: E402
 from testkit.livekit_server import LiveKitServer  # noqa: E402
 from testkit.loopback_providers import LoopbackDeepgram, LoopbackOpenAI  # noqa: E402
@@ -114,13 +114,7 @@ async def run(
                 flood_start = len(worker.lines)
                 before = health(worker)
                 hostile = Hostile(server, room, duration=flood_seconds, actions=actions)
-                flood = asyncio.create_task(hostile.run())
-                during: list[float] = []
-                n = quiet_turns
-                while not flood.done():
-                    during.append(await alice_turn(alice, n))
-                    n += 1
-                tally = await flood
+                during, tally = await talk_through(alice, hostile, quiet_turns)
                 agent_flood = agent_latencies(worker, flood_start)
                 await asyncio.sleep(12)  # two health rounds after the flood
                 after = health(worker)

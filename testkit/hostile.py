@@ -185,4 +185,18 @@ async def alice_turn(alice: Human, n: int) -> float:
     return heard_at - utterance.ended_at
 
 
-__all__ = ["ACTIONS", "Hostile", "alice_turn", "reply"]
+async def talk_through(
+    alice: Human, hostile: Hostile, first: int
+) -> tuple[list[float], Counter[str]]:
+    """Alice's turns (numbered from ``first``), one after another while ``hostile`` floods
+    the room: their reply latencies, and the hostile participant's tally."""
+    flood = asyncio.create_task(hostile.run())
+    during: list[float] = []
+    n = first
+    while not flood.done():
+        during.append(await alice_turn(alice, n))
+        n += 1
+    return during, await flood
+
+
+__all__ = ["ACTIONS", "Hostile", "alice_turn", "reply", "talk_through"]

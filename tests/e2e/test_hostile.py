@@ -14,13 +14,12 @@ p95 over more turns) is bench/hostile.py's, as timings are never asserted in tes
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 
 import pytest
 
 from testkit.checks import event, joined
-from testkit.hostile import BIG_CHAT, Hostile, alice_turn, reply
+from testkit.hostile import BIG_CHAT, Hostile, alice_turn, reply, talk_through
 from testkit.human import Human
 from testkit.livekit_server import LiveKitServer
 from testkit.worker import LogLine, WorkerProcess
@@ -56,13 +55,7 @@ async def test_a_hostile_participant_hurts_nobody_else_and_leaves_nothing_behind
     before = await next_health(worker)
 
     hostile = Hostile(livekit_server, room_name, duration=FLOOD_SECONDS)
-    flood = asyncio.create_task(hostile.run())
-    during: list[float] = []
-    n = QUIET_TURNS
-    while not flood.done():
-        during.append(await alice_turn(alice, n))
-        n += 1
-    tally = await flood
+    during, tally = await talk_through(alice, hostile, QUIET_TURNS)
     await worker.wait_line(event("session closed", participant="mallory"), "mallory's end")
     await next_health(worker)
     after = await next_health(worker)  # a whole round after the flood
@@ -74,7 +67,10 @@ async def test_a_hostile_participant_hurts_nobody_else_and_leaves_nothing_behind
 
     # Alice was answered, with her own words, all along
     assert len(during) >= 3
-    assert all(n in {int(t.text.split()[1]) for t in alice.agent_transcripts()} for n in range(n))
+    assert all(
+        n in {int(t.text.split()[1]) for t in alice.agent_transcripts()}
+        for n in range(QUIET_TURNS + len(during))
+    )
 
     # nothing of one conversation reached the other
     mallory = hostile.person
